@@ -1,0 +1,1 @@
+"""Built-in backbone plugins; each module registers itself in ``mtlbench.registry.BACKBONES``."""

@@ -1,0 +1,198 @@
+"""ViT-tiny (timm) with the OKD-MTL paper's mask-transformer task heads.
+
+Backbone: timm's ``VisionTransformer`` in the ViT-tiny configuration (embedding
+192, 12 blocks, 3 heads, patch 16; Dosovitskiy et al., ICLR 2021), with dynamic
+image size so any input divisible by 16 works (position embeddings are
+interpolated).  Per-layer features are every block's patch tokens, as
+``(B, 192, H/16, W/16)`` maps; the final features are the normed patch tokens.
+
+Heads (Jacob et al., WACV 2023, §3.1 and Fig. 2), after Segmenter's mask
+transformer (Strudel et al., ICCV 2021):
+
+* classification: N_cls learnable class queries join the patch tokens through
+  two pre-norm transformer layers; the scalar product of the L2-normalised
+  patch and class embeddings gives N_patch x N_cls masks (LayerNorm over the
+  classes, as Segmenter's code does), upsampled bilinearly to the image size;
+* regression: N_reg = 128 queries, the same two layers and scalar product,
+  then an MLP of linear layers to the task's channels (1 for depth, 3 for
+  normals) per patch, upsampled bilinearly.  The paper gives no more detail:
+  the MLP's hidden width (``reg_hidden``) and the LayerNorm on the masks are
+  our choices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlbench.api import BackboneFactory, Encoder
+from mtlbench.errors import UserError
+from mtlbench.registry import BACKBONES
+from mtlbench.tasks import Task
+
+TIMM_NAME = "vit_tiny_patch16_224"
+PRETRAINED_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclass
+class ViTTinyConfig:
+    """Options of ``vit_tiny``."""
+
+    pretrained: bool = False  # download ImageNet weights through timm's hub (needs internet)
+    pretrained_file: str | None = None  # a local timm checkpoint (.safetensors, .pth, .bin)
+    normalize: bool = True  # map [0, 1] images with the checkpoint's mean/std (0.5, 0.5)
+    drop_path: float = 0.0  # stochastic depth in the backbone
+    head_layers: int = 2  # transformer layers in each head (the paper: 2)
+    head_dropout: float = 0.1  # dropout in the head's transformer layers (Segmenter: 0.1)
+    n_reg_queries: int = 128  # N_reg of the regression head (the paper: 128)
+    reg_hidden: int = 128  # hidden width of the regression head's MLP
+
+    def validate(self) -> None:
+        if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
+            raise ValueError(f"pretrained_file {self.pretrained_file!r} must end in one of "
+                             f"{', '.join(PRETRAINED_SUFFIXES)}")
+
+
+class ViTEncoder(Encoder):
+    """timm ViT run block by block; states are token tensors ``(B, 1 + N, E)``."""
+
+    def __init__(self, vit: nn.Module, normalize: bool):
+        super().__init__()
+        self.vit = vit
+        self.num_layers = len(vit.blocks)
+        self.out_channels = vit.embed_dim
+        self.layer_channels = [vit.embed_dim] * self.num_layers
+        self.prefix = vit.num_prefix_tokens
+        mean = torch.tensor(vit.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1)
+        std = torch.tensor(vit.pretrained_cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1)
+        self.normalize = normalize
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        self._grid: tuple[int, int] = (0, 0)
+
+    def begin(self, x):
+        if self.normalize:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        tokens = self.vit.patch_embed(x)  # (B, h, w, E) with dynamic image size
+        self._grid = (tokens.shape[1], tokens.shape[2])
+        tokens = self.vit._pos_embed(tokens)
+        tokens = self.vit.patch_drop(tokens)
+        return self.vit.norm_pre(tokens)
+
+    def layer(self, i, state):
+        return self.vit.blocks[i](state)
+
+    def _to_map(self, tokens):
+        h, w = self._grid
+        patches = tokens[:, self.prefix:]
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
+
+    def layer_feature(self, state):
+        return self._to_map(state)
+
+    def end(self, state):
+        return self._to_map(self.vit.norm(state))
+
+    def last_shared_parameters(self):
+        # The last block's MLP output projection: the last shared weight matrix
+        # before the final LayerNorm (GradNorm's W).
+        return [self.vit.blocks[-1].mlp.fc2.weight]
+
+
+class MaskTransformerHead(nn.Module):
+    """The paper's task head: queries + patch tokens through transformer layers.
+
+    ``classify=True``: one query per class, the masks are the output.
+    ``classify=False``: ``n_queries`` queries, an MLP maps masks to ``out_channels``.
+    """
+
+    def __init__(self, in_dim: int, out_channels: int, *, classify: bool, n_queries: int,
+                 n_layers: int = 2, dropout: float = 0.1, hidden: int = 128):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        d = in_dim
+        self.classify = classify
+        self.proj_in = nn.Linear(in_dim, d)
+        self.queries = nn.Parameter(torch.empty(1, n_queries, d))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.blocks = nn.ModuleList(
+            [Block(d, num_heads=max(1, d // 64), mlp_ratio=4.0, qkv_bias=True,
+                   proj_drop=dropout) for _ in range(n_layers)])
+        self.norm = nn.LayerNorm(d)
+        self.proj_patch = nn.Parameter(d ** -0.5 * torch.randn(d, d))
+        self.proj_query = nn.Parameter(d ** -0.5 * torch.randn(d, d))
+        self.mask_norm = nn.LayerNorm(n_queries)
+        if classify:
+            self.mlp = None
+        else:
+            self.mlp = nn.Sequential(nn.Linear(n_queries, hidden), nn.GELU(),
+                                     nn.Linear(hidden, out_channels))
+
+    def forward(self, feat: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+        b, c, h, w = feat.shape
+        x = self.proj_in(feat.flatten(2).transpose(1, 2))  # (B, N, d)
+        n = x.shape[1]
+        x = torch.cat([x, self.queries.expand(b, -1, -1)], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        patches = F.normalize(x[:, :n] @ self.proj_patch, dim=-1)
+        queries = F.normalize(x[:, n:] @ self.proj_query, dim=-1)
+        masks = self.mask_norm(patches @ queries.transpose(1, 2))  # (B, N, K)
+        if self.mlp is not None:
+            masks = self.mlp(masks)  # (B, N, out_channels)
+        out = masks.transpose(1, 2).reshape(b, -1, h, w)
+        return F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+def _create_vit(cfg: ViTTinyConfig) -> nn.Module:
+    import timm
+
+    kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=cfg.drop_path)
+    if cfg.pretrained_file:
+        path = Path(cfg.pretrained_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"backbone.pretrained_file {str(path)!r} does not exist",
+                            hint="point it at a timm ViT-tiny checkpoint (.safetensors, .pth or .bin)")
+        try:
+            return timm.create_model(TIMM_NAME, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(f"could not load backbone.pretrained_file {str(path)!r} as "
+                            f"{TIMM_NAME} weights: {str(exc).splitlines()[0][:300]}",
+                            hint="the file must hold a timm ViT-tiny (patch 16, dim 192) state dict") from exc
+    if cfg.pretrained:
+        try:
+            return timm.create_model(TIMM_NAME, pretrained=True, **kwargs)
+        except Exception as exc:  # offline: huggingface_hub / urllib errors of many kinds
+            raise UserError(
+                f"could not download the pretrained {TIMM_NAME} weights through timm's hub "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                hint="offline, download the checkpoint elsewhere and pass "
+                     "--set backbone.pretrained_file=PATH (.safetensors, .pth or .bin)") from exc
+    return timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+
+
+@BACKBONES.register("vit_tiny")
+class ViTTiny(BackboneFactory):
+    """ViT-tiny (timm, patch 16, dim 192, 12 blocks) with the paper's mask-transformer heads."""
+
+    Config = ViTTinyConfig
+    summary = "ViT-tiny (timm) + the paper's mask-transformer heads; features: 12 blocks' tokens"
+    size_multiple = 16
+
+    def encoder(self, tasks):
+        return ViTEncoder(_create_vit(self.cfg), self.cfg.normalize)
+
+    def head(self, task: Task) -> nn.Module:
+        classify = task.kind == "classification"
+        return MaskTransformerHead(
+            192, task.channels, classify=classify,
+            n_queries=task.channels if classify else self.cfg.n_reg_queries,
+            n_layers=self.cfg.head_layers, dropout=self.cfg.head_dropout,
+            hidden=self.cfg.reg_hidden)

@@ -1,0 +1,1 @@
+"""Built-in method plugins; each module registers itself in ``mtlbench.registry.METHODS``."""

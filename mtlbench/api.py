@@ -1,0 +1,356 @@
+"""The contracts between the core and its plugins: backbones and methods.
+
+Backbones
+---------
+A backbone plugin is a :class:`BackboneFactory` subclass registered in
+``BACKBONES``.  It builds *encoders* (:class:`Encoder`) and task *heads*.
+An encoder returns :class:`Features`: its per-layer features (ViT: every
+block's patch tokens; ResNet: stem and layer1-4), each as a ``(B, C, h, w)``
+map, and its final features, shared by all tasks or one per task (MTAN).
+A head maps final features to a task's prediction at the input resolution.
+Encoders also run layer by layer (``begin`` / ``layer`` / ``end``), which is
+what Cross-Stitch uses to link several networks.
+
+Methods
+-------
+A method plugin is a :class:`Method` subclass registered in ``METHODS``, with a
+``Config`` dataclass beside it.  The trainer only ever calls the hooks below;
+it never asks which method it runs.
+
+* building: ``__init__`` builds the trainable system (``build``), usually from
+  :meth:`Method.make_network`;
+* ``param_groups()`` for the trainer's optimiser; a method may own more
+  optimisers (KD-MTL's adaptors, GradNorm's weights) and step them in
+  ``after_step``;
+* ``training_step(batch) -> StepOutput`` (forward and losses, run under
+  autocast) and ``backward(out)`` (default: ``out.loss.backward()``);
+* hooks ``on_train_start``, ``on_epoch_start``, ``after_step``, ``on_epoch_end``
+  whose returned dicts go into the run record's history;
+* ``deployable()``: the multi-task model that evaluation, parameter counts and
+  latency use; ``eval_models()`` may add more models to evaluate separately;
+* state: parameters and buffers through ``state_dict``; anything else (loss
+  history, own optimisers) through ``extra_state`` / ``load_extra_state``.
+
+How the coming methods use the contract (each needs no change to the trainer)::
+
+    # DWA: epoch-level loss history
+    def on_epoch_end(self, epoch, losses):      # losses: mean unweighted loss per task
+        self.history.append(losses)             # kept in extra_state for resume
+        self.weights = dwa_weights(self.history[-2:], T=self.cfg.T)
+        return {"weight/" + t: w for t, w in self.weights.items()}
+
+    # GradNorm: its own learnable weights and optimiser, a custom backward
+    def backward(self, out):
+        params = self.model.encoder.last_shared_parameters()
+        norms = [grad(w_i * L_i, params) ...]   # torch.autograd.grad, shared layer only
+        ...; (sum of w_i.detach() * L_i).backward(); self.w_opt.step()
+
+    # OKD-MTL: N single-task networks beside the multi-task one
+    def build(self):
+        self.model = self.make_network(self.task_names)                 # deployable
+        self.stl = nn.ModuleDict({t: self.make_network([t]) for t in self.task_names})
+    def training_step(self, batch):
+        f_stl = {t: net(x, return_layers=True) for t, net in self.stl.items()}   # detached
+        ...
+
+    # KD-MTL: frozen teachers from an earlier `stl` run, adaptors with their own optimiser
+    def on_train_start(self, ctx):
+        teacher = ctx.load_trained("stl")       # mtlbench.runs.load_trained_method
+        self.adaptor_opt = torch.optim.Adam(self.adaptors.parameters(), lr=0.1, weight_decay=5e-4)
+
+    # Cross-Stitch: one network per task, linked layer by layer
+    def build(self):
+        self.nets = nn.ModuleDict({t: self.make_network([t]) for t in self.task_names})
+        # forward: states = [enc.begin(x)]; for each layer: states = mix(enc.layer(i, s)) ...
+    def deployable(self):
+        return self                              # all N stitched networks
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from .tasks import Task
+
+
+# ---------------------------------------------------------------------------
+# backbones
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Features:
+    """What an encoder returns.
+
+    ``layers``: per-layer features, each ``(B, C_l, h_l, w_l)`` (empty unless
+    asked for). ``final``: the final features, one tensor shared by every task,
+    or a dict ``{task: tensor}`` for encoders with task-specific paths (MTAN).
+    """
+
+    layers: list[torch.Tensor]
+    final: torch.Tensor | dict[str, torch.Tensor]
+
+    def for_task(self, task: str) -> torch.Tensor:
+        return self.final[task] if isinstance(self.final, dict) else self.final
+
+
+class Encoder(nn.Module):
+    """A backbone encoder, runnable whole or layer by layer.
+
+    Subclasses implement ``begin``, ``layer``, ``layer_feature`` and ``end``;
+    ``forward`` strings them together.  ``num_layers`` and ``layer_channels``
+    describe the per-layer features (AFD distils over them).
+    """
+
+    num_layers: int = 0
+    layer_channels: list[int] = []
+    out_channels: int = 0
+    #: whether linking the states of several encoders between layers is meaningful
+    supports_stitching: bool = True
+
+    def begin(self, x: torch.Tensor) -> Any:
+        """Input image -> the state fed to layer 0."""
+        raise NotImplementedError
+
+    def layer(self, i: int, state: Any) -> Any:
+        """Run layer ``i`` on ``state``."""
+        raise NotImplementedError
+
+    def layer_feature(self, state: Any) -> torch.Tensor:
+        """The ``(B, C, h, w)`` feature map of a state (after a layer)."""
+        raise NotImplementedError
+
+    def end(self, state: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The last state -> final features (``Features.final``)."""
+        raise NotImplementedError
+
+    def mix_states(self, states: Sequence[Any], weights: torch.Tensor) -> list[Any]:
+        """Linear combinations of the states of several encoders (Cross-Stitch).
+
+        ``weights[i, j]`` is the share of network ``j`` in network ``i``'s new
+        state.  The default handles states that are tensors.
+        """
+        stacked = torch.stack(list(states), 0)
+        mixed = torch.einsum("ij,j...->i...", weights.to(stacked.dtype), stacked)
+        return list(mixed.unbind(0))
+
+    def forward(self, x: torch.Tensor, return_layers: bool = False) -> Features:
+        state = self.begin(x)
+        layers = []
+        for i in range(self.num_layers):
+            state = self.layer(i, state)
+            if return_layers:
+                layers.append(self.layer_feature(state))
+        return Features(layers, self.end(state))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters shared by every task (all of the encoder's by default)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer's parameters (GradNorm's W)."""
+        raise NotImplementedError
+
+
+class BackboneFactory:
+    """A backbone plugin: builds encoders and task heads of one family."""
+
+    Config: ClassVar[type]
+    summary: ClassVar[str] = ""
+    #: input sizes must be multiples of this
+    size_multiple: ClassVar[int] = 1
+
+    def __init__(self, cfg: Any, tasks: dict[str, Task]):
+        self.cfg = cfg
+        self.tasks = tasks
+
+    def encoder(self, tasks: Sequence[str]) -> Encoder:
+        """A new encoder serving ``tasks`` (task-specific paths, if any, for those)."""
+        raise NotImplementedError
+
+    def head(self, task: Task) -> nn.Module:
+        """A new head: ``head(final_features, out_size) -> (B, task.channels, H, W)``."""
+        raise NotImplementedError
+
+    def default_amp(self, device_type: str) -> str:
+        """``"bf16"`` or ``"fp32"``: what ``train.amp: auto`` means for this backbone."""
+        return "bf16" if device_type == "cuda" else "fp32"
+
+    def default_channels_last(self, device_type: str) -> bool:
+        return False
+
+    def check_image_size(self, size: Sequence[int]) -> None:
+        from .errors import UserError
+
+        m = self.size_multiple
+        if any(int(s) % m for s in size):
+            raise UserError(
+                f"dataset.image_size {list(size)} is not divisible by {m}, which this backbone needs",
+                hint=f"choose sizes that are multiples of {m}, e.g. --set dataset.image_size=[96,128]")
+
+
+class MultiTaskNet(nn.Module):
+    """An encoder and one head per task: ``forward(x) -> {task: prediction}``.
+
+    Used for the multi-task model (all tasks) and for single-task networks
+    (one task) alike.
+    """
+
+    def __init__(self, encoder: Encoder, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.heads)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.encoder(x, return_layers=return_features)
+        size = x.shape[-2:]
+        preds = {t: head(feats.for_task(t), size) for t, head in self.heads.items()}
+        return (preds, feats) if return_features else preds
+
+
+class TaskNetworks(nn.Module):
+    """Independent networks, one per task, presented as one multi-task model."""
+
+    def __init__(self, nets: dict[str, MultiTaskNet]):
+        super().__init__()
+        self.nets = nn.ModuleDict(nets)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for net in self.nets.values():
+            out.update(net(x))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------
+
+@dataclass
+class MethodConfig:
+    """Base of method configs (no options)."""
+
+
+@dataclass
+class StepOutput:
+    """What a method's ``training_step`` returns.
+
+    ``losses``: the unweighted loss of each task (for history and hooks);
+    ``loss``: the scalar the default ``backward`` differentiates;
+    ``logs``: scalars to record for this step (task weights, extra terms);
+    ``extra``: anything the method's own ``backward`` needs.
+    """
+
+    losses: dict[str, torch.Tensor]
+    loss: torch.Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainContext:
+    """What the trainer tells a method at the start of training."""
+
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+    run: Any = None  # mtlbench.runs.RunContext: identity, results dir, loading other runs
+    start_epoch: int = 0
+
+
+class Method(nn.Module):
+    """Base class of method plugins; see the module docstring for the contract."""
+
+    Config: ClassVar[type] = MethodConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any, tasks: dict[str, Task], backbone: BackboneFactory):
+        super().__init__()
+        self.cfg = cfg
+        self.tasks = dict(tasks)
+        self.task_names = list(tasks)
+        self.backbone = backbone
+        self.build()
+
+    # -- building ----------------------------------------------------------
+    def make_network(self, task_names: Sequence[str]) -> MultiTaskNet:
+        """A network with its own encoder and one head per task in ``task_names``."""
+        enc = self.backbone.encoder(list(task_names))
+        return MultiTaskNet(enc, {t: self.backbone.head(self.tasks[t]) for t in task_names})
+
+    def build(self) -> None:
+        """Build the trainable system. Default: one shared-encoder multi-task network."""
+        self.model = self.make_network(self.task_names)
+
+    def deployable(self) -> nn.Module:
+        """The multi-task model to evaluate, count and time: ``f(x) -> {task: pred}``."""
+        return self.model
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models to evaluate: ``""`` is the deployable one; others are reported apart."""
+        return {"": self.deployable()}
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups for the trainer's optimiser (AdamW + OneCycleLR)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # -- the step ------------------------------------------------------------
+    def task_losses(self, preds: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        return {t: self.tasks[t].loss(preds[t], batch[t]) for t in preds}
+
+    def loss_weights(self, losses: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
+        """Per-task loss weights for this step (default: 1 for every task)."""
+        return {t: 1.0 for t in losses}
+
+    def training_step(self, batch: dict) -> StepOutput:
+        preds = self.model(batch["image"])
+        losses = self.task_losses(preds, batch)
+        weights = self.loss_weights(losses)
+        total = sum(weights[t] * losses[t] for t in losses)
+        logs = {f"weight/{t}": float(w) for t, w in weights.items()
+                if not (isinstance(w, float) and w == 1.0)}
+        return StepOutput(losses=losses, loss=total, logs=logs)
+
+    def backward(self, out: StepOutput) -> None:
+        out.loss.backward()
+
+    # -- hooks ---------------------------------------------------------------
+    def on_train_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+    def on_epoch_end(self, epoch: int, losses: dict[str, float]) -> dict[str, Any]:
+        """``losses``: the epoch's mean unweighted training loss per task."""
+        return {}
+
+    # -- state ---------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (histories, own optimisers)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def summary_info(self) -> dict[str, Any]:
+        """Anything to add to the run record at the end (e.g. final weights)."""
+        return {}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def config_fields(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)

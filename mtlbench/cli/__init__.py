@@ -1,0 +1,65 @@
+"""The ``mtlbench`` command line.
+
+One module per subcommand; each exposes ``register(subparsers)`` that adds its
+parser and sets ``func``.  Heavy imports (torch, timm) happen inside the
+subcommand, so ``mtlbench --help`` stays fast.  A :class:`~mtlbench.errors.UserError`
+exits with code 2 and a one-paragraph message; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+SUBCOMMANDS = ("run", "list", "data", "table", "sweep", "plot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mtlbench",
+        description="Benchmark harness for multi-task dense scene understanding (OKD-MTL and baselines).")
+    parser.add_argument("--version", action="version", version=f"mtlbench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # subcommand not available in this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage; bad flags are user errors
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"mtlbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mtlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

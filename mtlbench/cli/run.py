@@ -1,0 +1,102 @@
+"""``mtlbench run``: train one (method, backbone, dataset, seed) and keep its record."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by commands that resolve a run config (run, sweep)."""
+    p.add_argument("--dataset", help="dataset name (default: the preset's; `mtlbench list datasets`)")
+    p.add_argument("--data-root", metavar="DIR", help="data directory of a real dataset")
+    p.add_argument("--preset", help="quick (default) | smoke | paper")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    p.add_argument("--config", metavar="FILE", help="experiment YAML holding only deltas")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.T=0.05 (repeatable)")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="results directory (records in DIR/runs, checkpoints in DIR/checkpoints)")
+
+
+def config_flags(args: argparse.Namespace) -> list[tuple[str, object, str]]:
+    return [
+        ("method.name", getattr(args, "method", None), "--method"),
+        ("backbone.name", getattr(args, "backbone", None), "--backbone"),
+        ("dataset.name", args.dataset, "--dataset"),
+        ("dataset.root", args.data_root, "--data-root"),
+        ("seed", getattr(args, "seed", None), "--seed"),
+        ("train.epochs", args.epochs, "--epochs"),
+        ("train.batch_size", args.batch_size, "--batch-size"),
+        ("train.device", args.device, "--device"),
+    ]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="train one run and write its result record",
+                       description="Train one (method, backbone, dataset, seed) run.")
+    p.add_argument("--method", help="method name (`mtlbench list methods`)")
+    p.add_argument("--backbone", help="backbone name (`mtlbench list backbones`)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    add_config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="run again even if a record exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..config import resolve
+
+    cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args),
+                  sets=args.sets)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        print(f"# config hash: {cfg.hash}")
+        return 0
+    from ..trainer import RunExists, TrainOptions, train
+
+    try:
+        record = train(cfg, TrainOptions(out=Path(args.out), resume=args.resume, force=args.force,
+                                         quiet=args.quiet))
+    except RunExists as exc:
+        print(f"skipped: a record of this run already exists at {exc.path}\n"
+              f"  (pass --force to run it again)")
+        return 0
+    if not args.quiet:
+        print_summary(record, Path(args.out))
+    return 0
+
+
+def print_summary(record: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..trainer import baseline_delta
+
+    console = Console()
+    table = Table(title=f"{record['method']} · {record['backbone']} · {record['dataset']} · "
+                        f"seed {record['seed']} (epoch {record['report']['epoch'] + 1}, "
+                        f"{record['report']['rule']})")
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for group, metrics in [("", record["metrics"]), *record.get("extra_metrics", {}).items()]:
+        for t, ms in metrics.items():
+            for k, v in ms.items():
+                arrow = "↑" if record["tasks"][t]["metrics"].get(k) == "higher" else "↓"
+                table.add_row(f"{group + ':' if group else ''}{t}", f"{k} {arrow}", f"{v:.4f}")
+    console.print(table)
+    d, ref = baseline_delta(record, out)
+    if d is not None and record["method"] != "baseline":
+        console.print(f"Δ vs baseline ({ref}): {d:+.2f}%")
+    elif record["method"] != "baseline":
+        console.print("Δ vs baseline: no baseline record of this setting yet "
+                      "(run the same command with --method baseline)")
+    t = record["timing"]
+    console.print(f"wall {t['wall_s']:.1f}s · train {t['train_images_per_s']:.1f} images/s · "
+                  f"params {record['params']['deployable'] / 1e6:.2f}M deployable / "
+                  f"{record['params']['training_system'] / 1e6:.2f}M trained · "
+                  f"record: {record.get('_path')}")

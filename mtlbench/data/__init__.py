@@ -1,0 +1,1 @@
+"""Datasets: the MTAN-format loaders, the synthetic scene generator and the plugin contract."""

@@ -1,0 +1,277 @@
+"""Run identity, result records, checkpoints, and finding and loading earlier runs.
+
+A run is identified by (dataset, backbone, method, seed, config hash).  Its
+record lives at ``<out>/runs/<dataset>/<backbone>/<method>/seed<S>-<hash>.json``
+and its checkpoints under ``<out>/checkpoints/`` at the same relative path.
+Records and checkpoints are written atomically: to a temporary file in the same
+directory, flushed and fsynced, then renamed over the target, so a crash never
+leaves a half-written file.  The schema is documented in ``results/README.md``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import RUNTIME_KEYS, ResolvedConfig, resolve
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False, default=_json_default)
+                              + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o: Any):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's record and checkpoints go."""
+
+    out: Path
+    rel: Path  # <dataset>/<backbone>/<method>/seed<S>-<hash>
+
+    @classmethod
+    def for_config(cls, cfg: ResolvedConfig, out: str | Path) -> "RunPaths":
+        rel = (Path(cfg.name("dataset")) / cfg.name("backbone") / cfg.name("method")
+               / f"seed{cfg.seed}-{cfg.hash}")
+        return cls(Path(out), rel)
+
+    @property
+    def record(self) -> Path:
+        return self.out / "runs" / self.rel.with_suffix(".json")
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints" / self.rel
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.ckpt_dir / "final.pt"
+
+
+def read_record(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        rec = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"run record {str(p)!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"run record {str(p)!r} is not valid JSON: {exc}",
+                        hint="delete it and run again") from exc
+    if not isinstance(rec, dict) or "config" not in rec or "metrics" not in rec:
+        raise UserError(f"{str(p)!r} is not an mtlbench run record (no config/metrics)")
+    rec["_path"] = str(p)
+    return rec
+
+
+def iter_records(out: str | Path) -> Iterator[dict]:
+    """Every readable record under ``<out>/runs`` (broken files are skipped)."""
+    root = Path(out) / "runs"
+    if not root.is_dir():
+        return
+    for p in sorted(root.rglob("*.json")):
+        try:
+            yield read_record(p)
+        except UserError:
+            continue
+
+
+def _comparable(data: dict, section: str) -> Any:
+    sec = data.get(section)
+    if not isinstance(sec, dict):
+        return sec
+    drop = {k.partition(".")[2] for k in RUNTIME_KEYS if k.startswith(section + ".")}
+    return {k: v for k, v in sec.items() if k not in drop}
+
+
+def same_setting(a: dict, b: dict, sections=("dataset", "backbone", "train")) -> bool:
+    """Whether two resolved configs share dataset, backbone, training recipe, preset and seed."""
+    if a.get("seed") != b.get("seed") or a.get("preset") != b.get("preset"):
+        return False
+    return all(_comparable(a, s) == _comparable(b, s) for s in sections)
+
+
+def find_runs(out: str | Path, method: str, like: dict, method_config: dict | None = None) -> list[dict]:
+    """Records of ``method`` run in the same setting as config ``like`` (newest first).
+
+    ``method_config``, when given, must match the record's method section too
+    (all keys but ``name``).
+    """
+    found = []
+    base = Path(out) / "runs" / like["dataset"]["name"] / like["backbone"]["name"] / method
+    if not base.is_dir():
+        return []
+    for p in base.glob(f"seed{like['seed']}-*.json"):
+        try:
+            rec = read_record(p)
+        except UserError:
+            continue
+        if not same_setting(rec["config"], like):
+            continue
+        if method_config is not None:
+            mine = {k: v for k, v in rec["config"]["method"].items() if k != "name"}
+            if any(mine.get(k) != v for k, v in method_config.items()):
+                continue
+        found.append(rec)
+    return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
+
+
+def command_for(like: dict, method: str, method_overrides: dict | None = None,
+                out: str | Path | None = None) -> str:
+    """The exact ``mtlbench run`` command that produces ``method`` in ``like``'s setting."""
+    preset = like.get("preset") or "quick"
+    args = ["mtlbench", "run", "--method", method, "--backbone", like["backbone"]["name"],
+            "--dataset", like["dataset"]["name"], "--preset", preset, "--seed", str(like["seed"])]
+    root = like["dataset"].get("root")
+    if root:
+        args += ["--data-root", str(root)]
+    base = resolve(preset=preset, flags=[("method.name", method, "--method"),
+                                         ("backbone.name", like["backbone"]["name"], "--backbone"),
+                                         ("dataset.name", like["dataset"]["name"], "--dataset")]).data
+    sets = []
+    for section in ("dataset", "backbone", "train"):
+        want, have = _comparable(like, section), _comparable(base, section)
+        for k, v in want.items():
+            if have.get(k) != v:
+                sets.append(f"{section}.{k}={_yaml_scalar(v)}")
+    for k, v in (method_overrides or {}).items():
+        sets.append(f"method.{k}={_yaml_scalar(v)}")
+    for s in sets:
+        args += ["--set", s]
+    if out is not None and Path(out) != Path("results"):
+        args += ["--out", str(out)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _yaml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_yaml_scalar(x) for x in v) + "]"
+    return str(v)
+
+
+def load_trained_method(record: dict, device: str = "cpu"):
+    """Rebuild a finished run's method from its record and load its final weights."""
+    import torch
+
+    from .config import from_dict
+    from .registry import BACKBONES, DATASETS, METHODS
+
+    ckpt = record.get("checkpoint")
+    path = Path(record["_path"]).parent if "_path" in record else Path(".")
+    if not ckpt:
+        raise UserError(f"run record {record.get('_path')} has no checkpoint")
+    ckpt_path = Path(ckpt)
+    if not ckpt_path.is_absolute() and not ckpt_path.exists():
+        # relative to the results dir that holds the record: <out>/runs/<4 levels>
+        ckpt_path = path.parents[3] / ckpt if len(path.parents) > 3 else ckpt_path
+    if not ckpt_path.is_file():
+        raise UserError(f"the checkpoint {str(ckpt_path)!r} of run {record.get('_path')} is missing",
+                        hint="run it again with --force to recreate it")
+    cfg = from_dict(record["config"])
+    tasks = DATASETS.get(cfg.name("dataset"))(cfg.dataset).tasks()
+    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
+    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
+    state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    method.load_state_dict(state["model"])
+    return method.to(device)
+
+
+@dataclass
+class RunContext:
+    """The run's identity and results directory, handed to methods (``TrainContext.run``)."""
+
+    cfg: ResolvedConfig
+    out: Path
+
+    def find(self, method: str, method_config: dict | None = None) -> dict | None:
+        recs = find_runs(self.out, method, self.cfg.data, method_config)
+        return recs[0] if recs else None
+
+    def require(self, method: str, what: str, override_key: str | None = None) -> dict:
+        """The record of ``method`` in this setting, or a UserError with the command to make it."""
+        rec = self.find(method)
+        if rec is None:
+            hint = f"run first:\n    {command_for(self.cfg.data, method, out=self.out)}"
+            if override_key:
+                hint += f"\n  or name a finished run with --set {override_key}=PATH/TO/RECORD.json"
+            raise UserError(f"{what} needs a finished `{method}` run with the same dataset, backbone, "
+                            f"preset, training recipe and seed, and none was found under "
+                            f"{self.out / 'runs'}", hint=hint)
+        return rec
+
+    def load_trained(self, method: str, what: str, record_path: str | None = None,
+                     override_key: str | None = None, device: str = "cpu"):
+        rec = read_record(record_path) if record_path else self.require(method, what, override_key)
+        return load_trained_method(rec, device)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
