@@ -279,6 +279,16 @@ class Method(nn.Module):
         self.backbone = backbone
         self.build()
 
+    @classmethod
+    def requires(cls, cfg: Any) -> list[str]:
+        """Methods whose finished runs (same setting) this config needs first.
+
+        KD-MTL returns ``["stl"]`` (its teachers); OKD-MTL with pretrained
+        teachers likewise.  Sweeps order runs by it; the contract test trains
+        them first.
+        """
+        return []
+
     # -- building ----------------------------------------------------------
     def make_network(self, task_names: Sequence[str]) -> MultiTaskNet:
         """A network with its own encoder and one head per task in ``task_names``."""
@@ -326,7 +336,7 @@ class Method(nn.Module):
         pass
 
     def on_epoch_start(self, epoch: int) -> None:
-        pass
+        """Called before each epoch; must cope with any epoch (a resumed run starts mid-way)."""
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,6 +77,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; researchers write it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _registry(kind: str):
     from .registry import BACKBONES, DATASETS, METHODS
 
@@ -105,7 +124,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not key:
         raise UserError(f"--set {item!r} has an empty key", hint="write e.g. --set train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
     return key, value
@@ -116,7 +135,7 @@ def load_yaml(path: str | Path, what: str) -> dict:
     if not p.is_file():
         raise UserError(f"{what} {str(p)!r} does not exist", hint="check the path")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {str(p)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

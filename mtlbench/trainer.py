@@ -443,14 +443,21 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
     }
 
 
-def baseline_delta(record: dict, out: Path, reference: str = "baseline") -> tuple[float | None, str | None]:
-    """Δ of a record against the ``reference`` run of the same setting, if one is recorded."""
-    from .delta import delta
-    from .tasks import DIRECTIONS
+def baseline_delta(record: dict, out: Path, reference: str = "baseline") -> tuple[float | None, str]:
+    """Δ of a record against the ``reference`` run of the same setting.
 
+    Returns ``(delta, the reference record's path)``, or ``(None, why not)``.
+    """
+    from .delta import delta
+
+    if record["method"] == reference:
+        return None, f"this is the {reference} run"
     refs = find_runs(out, reference, record["config"])
     if not refs:
-        return None, None
+        return None, f"no {reference} record of this setting yet"
     directions = {t: {k: v == "higher" for k, v in info["metrics"].items()}
-                  for t, info in record.get("tasks", {}).items()} or DIRECTIONS
-    return delta(record["metrics"], refs[0]["metrics"], directions), refs[0]["_path"]
+                  for t, info in record["tasks"].items()}
+    try:
+        return delta(record["metrics"], refs[0]["metrics"], directions), refs[0]["_path"]
+    except ValueError as exc:  # e.g. a reference metric of 0 after a very short run
+        return None, str(exc)

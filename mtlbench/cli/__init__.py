@@ -13,7 +13,9 @@ import sys
 
 from ..errors import UserError
 
-SUBCOMMANDS = ("run", "list", "data", "table", "sweep", "plot")
+# subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
+SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
+               "sweep": "sweep", "plot": "plot"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mtlbench {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for modname in SUBCOMMANDS.values():
         try:
-            mod = importlib.import_module(f"{__name__}.{name}")
+            mod = importlib.import_module(f"{__name__}.{modname}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
+            if exc.name == f"{__name__}.{modname}":
                 continue  # subcommand not available in this build
             raise
         mod.register(sub)

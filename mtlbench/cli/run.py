@@ -90,11 +90,10 @@ def print_summary(record: dict, out: Path) -> None:
                 table.add_row(f"{group + ':' if group else ''}{t}", f"{k} {arrow}", f"{v:.4f}")
     console.print(table)
     d, ref = baseline_delta(record, out)
-    if d is not None and record["method"] != "baseline":
+    if d is not None:
         console.print(f"Δ vs baseline ({ref}): {d:+.2f}%")
     elif record["method"] != "baseline":
-        console.print("Δ vs baseline: no baseline record of this setting yet "
-                      "(run the same command with --method baseline)")
+        console.print(f"Δ vs baseline: not available ({ref}; run the same command with --method baseline)")
     t = record["timing"]
     console.print(f"wall {t['wall_s']:.1f}s · train {t['train_images_per_s']:.1f} images/s · "
                   f"params {record['params']['deployable'] / 1e6:.2f}M deployable / "

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import importlib.metadata as md
+import types
+
+import pytest
+
+from mtlbench.cli import main
+from mtlbench.errors import UserError
+from mtlbench.registry import METHODS, Registry
+
+
+class _EP:
+    """A stand-in for an importlib.metadata entry point of a third-party package."""
+
+    def __init__(self, name, obj, dist="thirdparty-pkg"):
+        self.name, self._obj, self.value = name, obj, f"thirdparty.module:{name}"
+        self.dist = types.SimpleNamespace(name=dist)
+        self.loaded = 0
+
+    def load(self):
+        self.loaded += 1
+        return self._obj
+
+
+def _fake_eps(monkeypatch, group_map):
+    def entry_points(group=None):
+        return group_map.get(group, [])
+
+    monkeypatch.setattr(md, "entry_points", entry_points)
+
+
+def test_decorator_registration_and_lookup():
+    reg = Registry("widget", "mtlbench.widgets")
+
+    @reg.register("alpha", aliases=("a",))
+    class Alpha:
+        """The first widget.
+
+        More text."""
+
+    assert reg.get("alpha") is Alpha
+    assert reg.get("a") is Alpha
+    assert reg.canonical("a") == "alpha"
+    entry = next(reg.entries())
+    assert entry.summary == "The first widget."
+    assert "builtin" in entry.origin and __name__ in entry.origin
+
+
+def test_duplicate_name_names_both_origins():
+    reg = Registry("widget", "mtlbench.widgets")
+    reg.register("alpha", origin="builtin (pkg.one)")(type("A", (), {}))
+    with pytest.raises(UserError) as e:
+        reg.register("alpha", origin="builtin (pkg.two)")(type("B", (), {}))
+    assert "pkg.one" in str(e.value) and "pkg.two" in str(e.value)
+
+
+def test_unknown_name_lists_close_matches_and_all_names():
+    reg = Registry("widget", "mtlbench.widgets")
+    for n in ("gradnorm", "baseline", "okd"):
+        reg.register(n)(type(n, (), {}))
+    with pytest.raises(UserError) as e:
+        reg.get("gradnrom")
+    msg = str(e.value)
+    assert "did you mean 'gradnorm'" in msg
+    assert "baseline" in msg and "okd" in msg
+
+
+def test_entry_points_load_lazily(monkeypatch):
+    class Plugin:
+        summary = "a third-party method"
+
+    ep = _EP("thirdparty_method", Plugin)
+    _fake_eps(monkeypatch, {"mtlbench.widgets": [ep]})
+    reg = Registry("widget", "mtlbench.widgets")
+    assert ep.loaded == 0  # nothing loaded at construction
+    assert reg.get("thirdparty_method") is Plugin
+    assert ep.loaded == 1
+    entry = [e for e in reg.entries() if e.name == "thirdparty_method"][0]
+    assert entry.origin.startswith("entry point thirdparty-pkg")
+
+
+def test_entry_point_clashing_with_builtin_is_an_error(monkeypatch):
+    reg = Registry("widget", "mtlbench.widgets")
+    reg.register("okd", origin="builtin (mtlbench.methods.okd)")(type("O", (), {}))
+    _fake_eps(monkeypatch, {"mtlbench.widgets": [_EP("okd", type("X", (), {}))]})
+    with pytest.raises(UserError) as e:
+        reg.names()
+    assert "mtlbench.methods.okd" in str(e.value) and "thirdparty-pkg" in str(e.value)
+
+
+def test_builtin_registries_have_the_core_plugins():
+    assert {"baseline", "stl"} <= set(METHODS.names())
+    assert METHODS.canonical("ew") == "baseline"
+
+
+def test_cli_list(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "stl" in out and "builtin" in out
+
+
+def test_third_party_method_runs_through_cli_list(monkeypatch, capsys):
+    from mtlbench.api import Method
+
+    class MyMethod(Method):
+        summary = "my lab's method"
+
+    reg = Registry("method", "mtlbench.methods", ("mtlbench.methods",))
+    _fake_eps(monkeypatch, {"mtlbench.methods": [_EP("mymethod", MyMethod, dist="my-lab")]})
+    monkeypatch.setattr("mtlbench.registry.METHODS", reg)
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "mymethod" in out and "my-lab" in out
