@@ -8,7 +8,8 @@ from pathlib import Path
 def add_table_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``table`` and ``sweep``: what the table is built on."""
     p.add_argument("--seeds", metavar="LIST",
-                   help="seeds, e.g. 0,1,2 or 0-2")
+                   help="seeds, e.g. 0,1,2 or 0-2 (default: table: every seed found in the records, "
+                        "or 0; sweep: 0)")
     p.add_argument("--dataset", help="build on this dataset instead of the table's own, e.g. synthetic "
                                      "(default: the table's own, or the preset's synthetic stand-in "
                                      "with --preset quick|smoke)")

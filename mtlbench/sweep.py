@@ -1,0 +1,442 @@
+"""Sweeps: run every missing run of a table, on one machine or on a Ray cluster.
+
+The plan comes from the table's spec (:func:`mtlbench.tables.build.plan_runs`):
+every (row, backbone, seed) and the Δ reference, each run once, ordered so that
+a run comes after the runs it loads (``stl`` before ``kd_mtl`` and okd with
+``teachers: pretrained``; ``Method.requires``).  Runs with a matching record are
+skipped; interrupted runs resume from their last checkpoint
+(``TrainOptions(resume=True)``); a run recorded meanwhile by someone else is
+skipped (:class:`~mtlbench.trainer.RunExists`).
+
+Executors:
+
+* ``local`` (default): one run after another in this process, or ``--jobs K``
+  ``mtlbench run`` subprocesses at once (each with its log under
+  ``<out>/logs/sweep/``, and ``OMP_NUM_THREADS`` = cores / K);
+* ``ray`` (``pip install -e ".[ray]"``): each run a Ray task with its CPU/GPU
+  request, on an existing cluster (``--address``) or on a local Ray instance;
+  a task's dependencies are passed to it as object refs, so Ray starts it only
+  after they finished.  On a cluster, ``--out`` must be a directory every node
+  sees (a shared filesystem) and mtlbench must be installed on every node.
+
+Two workers never train the same run: records are written atomically at a
+path unique to the run's identity, and each run is trained while holding an
+exclusive lock file beside its checkpoint directory
+(``<out>/checkpoints/<dataset>/<backbone>/<method>/seed<S>-<hash>.lock``,
+created with ``O_CREAT | O_EXCL``, removed at the end).  A lock left by a
+killed sweep is stale: the error says which process held it and how to clear it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import UserError
+from .tables.build import Job, RecordIndex, Setting, TableSpec, _needs_data_root, plan_runs
+
+EXECUTORS = ("local", "ray")
+
+
+# ---------------------------------------------------------------------------
+# the lock
+# ---------------------------------------------------------------------------
+
+class RunLocked(UserError):
+    """Another process holds the run's lock file."""
+
+
+def lock_path_for(ckpt_dir: Path) -> Path:
+    """The lock file of a run: beside its checkpoint directory."""
+    return ckpt_dir.with_name(ckpt_dir.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock file (``O_CREAT | O_EXCL``), removed on release."""
+
+    def __init__(self, path: Path, what: str):
+        self.path = Path(path)
+        self.what = what
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise self._locked_error() from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "run": self.what,
+                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _locked_error(self) -> RunLocked:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        pid, host = info.get("pid"), info.get("host", "?")
+        msg = (f"run {self.what} is already being trained by another worker: lock file {self.path} "
+               f"(pid {pid} on host {host}, since {info.get('started', '?')})")
+        if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
+            msg += (f"; pid {pid} no longer runs on this host, so the lock is stale "
+                    f"(left by a sweep or worker that was killed)")
+        return RunLocked(msg, hint=f"if nothing is training this run any more, delete {self.path} and "
+                                   f"start the sweep again: the run resumes from its last checkpoint")
+
+
+# ---------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------
+
+def job_argv(job: Job, *, device: str | None = None, quiet: bool = False) -> list[str]:
+    """The ``mtlbench`` arguments of a job: its exact ``run`` command, resuming."""
+    argv = shlex.split(job.command)[1:] + ["--resume"]
+    if quiet:
+        argv.append("--quiet")
+    if device:
+        argv += ["--device", device]
+    return argv
+
+
+def parse_run_argv(argv: Sequence[str]):
+    """Parse ``run ...`` arguments exactly as ``mtlbench run`` does; return (args, config)."""
+    from .cli import build_parser
+    from .cli.run import config_flags
+    from .config import resolve
+
+    args = build_parser().parse_args(list(argv))
+    cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args), sets=args.sets)
+    return args, cfg
+
+
+def execute(argv: Sequence[str]) -> dict:
+    """Train the run of ``mtlbench`` arguments ``argv`` here, holding its lock.
+
+    Returns ``{"status": "done" | "exists", "record": path}``.
+    """
+    from .runs import RunPaths
+    from .trainer import RunExists, TrainOptions, train
+
+    args, cfg = parse_run_argv(argv)
+    paths = RunPaths.for_config(cfg, args.out)
+    with RunLock(lock_path_for(paths.ckpt_dir), paths.rel.as_posix()):
+        try:
+            rec = train(cfg, TrainOptions(out=Path(args.out), resume=True, quiet=args.quiet))
+        except RunExists as exc:
+            return {"status": "exists", "record": str(exc.path)}
+    return {"status": "done", "record": rec.get("_path")}
+
+
+# ---------------------------------------------------------------------------
+# executors
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # done | exists | failed | skipped
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class SweepResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status in ("failed", "skipped")]
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        order = ["done", "exists", "failed", "skipped"]
+        names = {"done": "trained", "exists": "already recorded", "failed": "failed",
+                 "skipped": "skipped (a dependency failed)"}
+        return ", ".join(f"{counts[k]} {names[k]}" for k in order if counts.get(k)) or "nothing to run"
+
+
+def _blocked(job: Job, status: dict[tuple, str]) -> bool:
+    return any(status.get(d) in ("failed", "skipped") for d in job.deps)
+
+
+def run_local(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str], None]) -> SweepResult:
+    """One run after another, in this process."""
+    res = SweepResult()
+    status: dict[tuple, str] = {}
+    for i, job in enumerate(jobs, 1):
+        head = f"[{i}/{len(jobs)}] {job.describe()}"
+        if _blocked(job, status):
+            status[job.key] = "skipped"
+            res.outcomes.append(Outcome(job, "skipped", "a run it needs failed"))
+            echo(f"{head}: skipped, a run it needs failed")
+            continue
+        echo(f"{head}: running")
+        t0 = time.perf_counter()
+        try:
+            out = execute(argvs[job.key])
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failed run must not stop the others
+            status[job.key] = "failed"
+            res.outcomes.append(Outcome(job, "failed", f"{type(exc).__name__}: {exc}"))
+            echo(f"{head}: FAILED: {exc}")
+            continue
+        dt = time.perf_counter() - t0
+        status[job.key] = out["status"]
+        res.outcomes.append(Outcome(job, out["status"], out.get("record") or "", dt))
+        echo(f"{head}: {'done' if out['status'] == 'done' else 'already recorded'} "
+             f"in {dt:.0f}s -> {out.get('record')}")
+    return res
+
+
+def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: Path,
+                  echo: Callable[[str], None], poll_s: float = 0.5) -> SweepResult:
+    """Up to ``k`` ``mtlbench run`` subprocesses at once, dependencies first."""
+    from .runs import RunPaths
+
+    res = SweepResult()
+    status: dict[tuple, str] = {}
+    pending = list(jobs)
+    running: dict[tuple, tuple] = {}
+    threads = max(1, (os.cpu_count() or 1) // k)  # k processes share the cores
+    todo_keys = {j.key for j in jobs}
+    n = len(jobs)
+    started = 0
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= k:
+                break
+            if _blocked(job, status):
+                pending.remove(job)
+                status[job.key] = "skipped"
+                res.outcomes.append(Outcome(job, "skipped", "a run it needs failed"))
+                echo(f"{job.describe()}: skipped, a run it needs failed")
+                continue
+            if not all(status.get(d) in ("done", "exists") for d in job.deps if d in todo_keys):
+                continue  # a run it needs is still to finish
+            pending.remove(job)
+            started += 1
+            argv = argvs[job.key]
+            try:
+                _, cfg = parse_run_argv(argv)
+                paths = RunPaths.for_config(cfg, out)
+                lock = RunLock(lock_path_for(paths.ckpt_dir), paths.rel.as_posix()).acquire()
+            except UserError as exc:
+                status[job.key] = "failed"
+                res.outcomes.append(Outcome(job, "failed", str(exc)))
+                echo(f"[{started}/{n}] {job.describe()}: FAILED: {exc}")
+                continue
+            log = out / "logs" / "sweep" / paths.rel.with_suffix(".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(log, "ab")
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argv], stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env)
+            running[job.key] = (job, proc, lock, fh, time.perf_counter(), log)
+            echo(f"[{started}/{n}] {job.describe()}: started (pid {proc.pid}, log {log})")
+        for key, (job, proc, lock, fh, t0, log) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            fh.close()
+            lock.release()
+            del running[key]
+            dt = time.perf_counter() - t0
+            if rc == 0:
+                status[key] = "done"
+                res.outcomes.append(Outcome(job, "done", str(log), dt))
+                echo(f"{job.describe()}: done in {dt:.0f}s")
+            else:
+                status[key] = "failed"
+                res.outcomes.append(Outcome(job, "failed", f"exit code {rc}; see {log}", dt))
+                echo(f"{job.describe()}: FAILED (exit code {rc}); see {log}")
+        if running:
+            time.sleep(poll_s)
+    return res
+
+
+def _absolute_paths(argv: list[str]) -> list[str]:
+    """``--out`` and ``--data-root`` as absolute paths: Ray workers do not share the driver's cwd."""
+    argv = list(argv)
+    if "--out" not in argv:
+        argv += ["--out", "results"]
+    for flag in ("--out", "--data-root"):
+        if flag in argv:
+            i = argv.index(flag) + 1
+            argv[i] = str(Path(argv[i]).expanduser().resolve())
+    return argv
+
+
+def _ray_execute(argv: list[str], *deps) -> dict:
+    """The body of a Ray task; ``deps`` are the results of the runs it needs (unused)."""
+    try:
+        return execute(argv)
+    except UserError as exc:
+        # re-raised as a plain error: it crosses process boundaries and fails the dependants
+        raise RuntimeError(str(exc)) from None
+
+
+def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str], None], *,
+            address: str | None = None, cpus: float = 1.0, gpus: float | None = None,
+            init_kwargs: dict | None = None) -> SweepResult:
+    """Each run a Ray task; a task receives its dependencies' refs so Ray orders them."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray, which is not installed",
+                        hint='install the extra: pip install -e ".[ray]"  (or: pip install "ray[default]")') from None
+    started_here = False
+    if not ray.is_initialized():
+        kwargs = dict(init_kwargs or {})
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs.setdefault("include_dashboard", False)
+            env = {k: v for k, v in os.environ.items() if k.startswith("MTLBENCH_")}
+            if env:
+                kwargs.setdefault("runtime_env", {"env_vars": env})
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise UserError(f"--address {address}: could not connect to a Ray cluster: {exc}",
+                            hint="start one with `ray start --head` and pass its address, "
+                                 "or leave out --address for a local Ray instance") from None
+        started_here = True
+    try:
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        # no retries: a retried run would meet the lock its crashed attempt left
+        task = ray.remote(_ray_execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        refs: dict[tuple, object] = {}
+        owner: dict[object, Job] = {}
+        for job in jobs:
+            deps = [refs[d] for d in job.deps if d in refs]
+            ref = task.remote(argvs[job.key], *deps)
+            refs[job.key] = ref
+            owner[ref] = job
+        echo(f"submitted {len(jobs)} runs to Ray ({cpus:g} CPU, {gpus:g} GPU each)")
+        res = SweepResult()
+        status: dict[tuple, str] = {}
+        t0 = time.perf_counter()
+        waiting = list(owner)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            job = owner[ready[0]]
+            try:
+                out = ray.get(ready[0])
+            except Exception as exc:  # RayTaskError, worker crashes
+                blocked = _blocked(job, status) or any(d in status and status[d] == "failed"
+                                                       for d in job.deps)
+                st = "skipped" if blocked else "failed"
+                status[job.key] = st
+                detail = "a run it needs failed" if blocked else str(getattr(exc, "cause", None) or exc)
+                res.outcomes.append(Outcome(job, st, detail))
+                echo(f"{job.describe()}: {'skipped, a run it needs failed' if blocked else 'FAILED: ' + detail}")
+                continue
+            status[job.key] = out["status"]
+            res.outcomes.append(Outcome(job, out["status"], out.get("record") or "",
+                                        time.perf_counter() - t0))
+            echo(f"{job.describe()}: {'done' if out['status'] == 'done' else 'already recorded'} "
+                 f"-> {out.get('record')}")
+        return res
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# the sweep
+# ---------------------------------------------------------------------------
+
+@dataclass
+class SweepPlan:
+    spec: TableSpec
+    setting: Setting
+    seeds: list[int]
+    jobs: list[Job]  # all, in order
+
+    @property
+    def todo(self) -> list[Job]:
+        return [j for j in self.jobs if not j.recorded]
+
+    def header(self) -> str:
+        n, todo = len(self.jobs), len(self.todo)
+        return (f"Table {self.spec.id} on {self.setting.describe()}, preset {self.setting.preset}, "
+                f"seeds {', '.join(map(str, self.seeds))}: {n} runs, {n - todo} recorded (skipped), "
+                f"{todo} to run")
+
+
+def plan_sweep(spec: TableSpec, setting: Setting, seeds: Sequence[int],
+               delta_ref: str | None = None) -> SweepPlan:
+    index = RecordIndex.from_dir(setting.out)
+    return SweepPlan(spec, setting, list(seeds), plan_runs(spec, setting, seeds, index, delta_ref))
+
+
+def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
+    """The ordered commands of the runs still to do, as a shell script."""
+    todo = plan.todo
+    pos = {j.key: i for i, j in enumerate(todo, 1)}
+    lines = [f"# {plan.header()}"]
+    for i, job in enumerate(todo, 1):
+        after = [str(pos[d]) for d in job.deps if d in pos]
+        lines.append(f"# {i}. {job.describe()}" + (f" (after {', '.join(after)})" if after else ""))
+        lines.append("mtlbench " + " ".join(shlex.quote(a) for a in job_argv(job, device=device)))
+    return "\n".join(lines) + "\n"
+
+
+def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, address: str | None = None,
+              device: str | None = None, cpus: float = 1.0, gpus: float | None = None,
+              quiet: bool = False, echo: Callable[[str], None] = print,
+              ray_init: dict | None = None) -> SweepResult:
+    """Run the plan's missing runs with the chosen executor."""
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor {executor!r} is not an executor", hint="use local or ray")
+    s = plan.setting
+    todo = plan.todo
+    if todo and s.data_root is None and _needs_data_root(s.dataset):
+        raise UserError(f"the runs on {s.dataset} need its data directory",
+                        hint="pass --data-root DIR (or --preset quick to sweep on the synthetic stand-in)")
+    echo(plan.header())
+    if not todo:
+        return SweepResult()
+    # subprocess and Ray workers write logs, not progress bars
+    argvs = {j.key: job_argv(j, device=device, quiet=quiet or executor == "ray") for j in todo}
+    if executor == "ray":
+        argvs = {k: _absolute_paths(a) for k, a in argvs.items()}
+        return run_ray(todo, argvs, echo, address=address, cpus=cpus, gpus=gpus, init_kwargs=ray_init)
+    if jobs > 1:
+        return run_processes(todo, argvs, jobs, Path(s.out), echo)
+    return run_local(todo, argvs, echo)

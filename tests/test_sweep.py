@@ -1,0 +1,184 @@
+"""Sweeps: the plan's order, dry runs, the lock, the local executors and (marker ray) the Ray executor."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtlbench import sweep as sw
+from mtlbench.cli import main as cli_main
+from mtlbench.errors import UserError
+from mtlbench.tables.build import choose_setting, load_spec
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEPS = FIXTURES / "sweep" / "deps.yaml"
+
+
+def _plan(spec_ref, out, seeds=(0,), **kw):
+    spec = load_spec(spec_ref)
+    return sw.plan_sweep(spec, choose_setting(spec, preset="smoke", out=out, **kw), list(seeds))
+
+
+def test_plan_orders_stl_before_the_runs_that_load_it(tmp_path):
+    plan = _plan(DEPS, tmp_path, seeds=(0, 1))
+    order = [(j.method, j.seed) for j in plan.todo]
+    assert order == [("stl", 0), ("stl", 1), ("baseline", 0), ("baseline", 1),
+                     ("kd_mtl", 0), ("kd_mtl", 1), ("okd", 0), ("okd", 1)]
+    stl0 = plan.todo[0]
+    assert stl0.labels == ["needed by KD-MTL", "needed by Pretrained AFD"]  # one stl run serves both
+    kd0 = plan.todo[4]
+    assert kd0.deps == [stl0.key]
+    assert plan.todo[6].overrides == {"teachers": "pretrained"} and plan.todo[6].deps == [stl0.key]
+
+
+def test_plan_skips_recorded_runs():
+    plan = _plan(4, FIXTURES / "tables" / "results", seeds=(0,))
+    recorded = {tuple(j.labels) for j in plan.jobs if j.recorded}
+    assert recorded == {("STL", "needed by MTL-pretrained-AFD"), ("Baseline (MTL)",), ("OKD-MTL-AFD",),
+                        ("OKD-MTL-AFD-OTW",)}
+    assert [j.labels for j in plan.todo] == [["OKD-MTL-OTW"], ["MTL-pretrained-AFD"]]
+    # its stl run is recorded: nothing to wait for in this sweep
+    assert plan.header().endswith("6 runs, 4 recorded (skipped), 2 to run")
+
+
+def test_dry_run_cli_prints_the_ordered_commands(capsys, tmp_path):
+    assert cli_main(["sweep", "--table", str(DEPS), "--preset", "smoke", "--out", str(tmp_path),
+                     "--dry-run", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cmds = [line for line in lines if not line.startswith("#")]
+    assert lines[0].startswith("# Table deps on synthetic (variant nyuv2), preset smoke, seeds 0: 4 runs")
+    assert [shlex.split(c)[3] for c in cmds] == ["stl", "baseline", "kd_mtl", "okd"]
+    assert all(c.startswith("mtlbench run ") and c.endswith("--resume --device cpu") for c in cmds)
+    assert f"--out {tmp_path}" in cmds[0]
+    assert "# 3. kd_mtl · vit_tiny · seed 0 [KD-MTL] (after 1)" in lines
+
+
+def test_sweep_flag_errors(capsys):
+    assert cli_main(["sweep", "--table", "1", "--address", "ray://x:10001", "--dry-run"]) == 2
+    assert "--executor ray" in capsys.readouterr().err
+    assert cli_main(["sweep", "--table", "1", "--executor", "ray", "--jobs", "2"]) == 2
+    # real data needs its directory before anything starts
+    assert cli_main(["sweep", "--table", "1", "--out", "/nonexistent-mtlbench"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+
+
+def test_missing_ray_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    plan = _plan(DEPS, tmp_path)
+    with pytest.raises(UserError, match=r'pip install -e "\.\[ray\]"'):
+        sw.run_sweep(plan, executor="ray", echo=lambda s: None)
+
+
+# ---------------------------------------------------------------------------
+# the lock
+# ---------------------------------------------------------------------------
+
+def test_lock_is_exclusive_and_removed(tmp_path):
+    path = tmp_path / "checkpoints" / "x" / "seed0-abc.lock"
+    with sw.RunLock(path, "x/seed0-abc"):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(sw.RunLocked, match="already being trained") as exc:
+            sw.RunLock(path, "x/seed0-abc").acquire()
+        assert "stale" not in str(exc.value)  # its holder (this process) is alive
+    assert not path.exists()
+
+
+def test_stale_lock_is_explained(tmp_path):
+    import socket
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)
+    path = tmp_path / "seed0-abc.lock"
+    path.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "2024-01-01T00:00:00"}))
+    with pytest.raises(sw.RunLocked) as exc:
+        sw.RunLock(path, "x/seed0-abc").acquire()
+    msg = str(exc.value)
+    assert f"pid {dead} no longer runs on this host, so the lock is stale" in msg
+    assert f"delete {path}" in msg
+    assert path.exists()  # never removed behind the user's back
+
+
+# ---------------------------------------------------------------------------
+# local executors (runs faked: order and dependency handling only)
+# ---------------------------------------------------------------------------
+
+def test_run_local_skips_the_dependants_of_a_failed_run(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_execute(argv):
+        method = argv[argv.index("--method") + 1]
+        calls.append(method)
+        if method == "stl":
+            raise RuntimeError("boom")
+        return {"status": "done", "record": f"{method}.json"}
+
+    monkeypatch.setattr(sw, "execute", fake_execute)
+    res = sw.run_sweep(_plan(DEPS, tmp_path), echo=lambda s: None)
+    assert calls == ["stl", "baseline"]
+    assert [(o.job.method, o.status) for o in res.outcomes] == [
+        ("stl", "failed"), ("baseline", "done"), ("kd_mtl", "skipped"), ("okd", "skipped")]
+    assert "1 trained, 1 failed, 2 skipped" in res.summary()
+
+
+def test_run_processes_respects_dependencies_and_holds_locks(monkeypatch, tmp_path):
+    started, real_popen = [], subprocess.Popen
+    plan = _plan(DEPS, tmp_path)
+    locks = tmp_path / "checkpoints"
+
+    def fake_popen(cmd, **kw):
+        method = cmd[cmd.index("--method") + 1]
+        held = sorted(p.name for p in locks.rglob("*.lock"))
+        started.append((method, held))
+        # stands in for `mtlbench run ...`: a short sleep
+        return real_popen([sys.executable, "-c", "import time; time.sleep(0.3)"], **kw)
+
+    monkeypatch.setattr(sw.subprocess, "Popen", fake_popen)
+    res = sw.run_sweep(plan, jobs=2, echo=lambda s: None)
+    assert [m for m, _ in started[:2]] == ["stl", "baseline"]  # two at once
+    assert {m for m, _ in started[2:]} == {"kd_mtl", "okd"}  # after stl finished
+    assert all(len(held) >= 1 for _, held in started)  # each ran under its lock
+    assert not list(locks.rglob("*.lock"))  # all released
+    assert all(o.status == "done" for o in res.outcomes)
+    assert all(Path(o.detail).parent.parent.parent.parent.name == "sweep" for o in res.outcomes)
+
+
+# ---------------------------------------------------------------------------
+# end to end: real smoke runs
+# ---------------------------------------------------------------------------
+
+def test_local_sweep_trains_then_skips(tmp_path, capsys):
+    spec = str(FIXTURES / "sweep" / "one.yaml")
+    args = ["sweep", "--table", spec, "--preset", "smoke", "--out", str(tmp_path), "--device", "cpu", "--quiet"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 trained" in out and "next: mtlbench table --id" in out
+    recs = list((tmp_path / "runs").rglob("*.json"))
+    assert len(recs) == 1 and json.loads(recs[0].read_text())["method"] == "baseline"
+    assert not list(tmp_path.rglob("*.lock"))
+    assert cli_main(args) == 0
+    assert "1 recorded (skipped), 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_ray_executor_runs_dependencies_first(tmp_path):
+    import ray
+
+    plan = _plan(FIXTURES / "sweep" / "stl_kd.yaml", tmp_path)
+    assert [j.method for j in plan.todo] == ["stl", "kd_mtl"]
+    lines = []
+    res = sw.run_sweep(plan, executor="ray", device="cpu", cpus=1, echo=lines.append,
+                       ray_init={"num_cpus": 2, "include_dashboard": False})
+    assert not ray.is_initialized()  # the local instance it started is shut down
+    assert [(o.job.method, o.status) for o in res.outcomes] == [("stl", "done"), ("kd_mtl", "done")], lines
+    recs = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
+            for p in (tmp_path / "runs").rglob("*.json")}
+    assert set(recs) == {"stl", "kd_mtl"}
+    assert recs["stl"]["created"] <= recs["kd_mtl"]["created"]
+    assert not list(tmp_path.rglob("*.lock"))
+    # a second sweep finds both recorded
+    assert _plan(FIXTURES / "sweep" / "stl_kd.yaml", tmp_path).todo == []
