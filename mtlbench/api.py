@@ -345,6 +345,10 @@ class Method(nn.Module):
         """``losses``: the epoch's mean unweighted training loss per task."""
         return {}
 
+    def reportable(self, epoch: int) -> bool:
+        """Whether ``epoch``'s metrics may be reported (OKD-MTL: not during warm-up)."""
+        return True
+
     # -- state ---------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (histories, own optimisers)."""

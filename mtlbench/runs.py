@@ -180,8 +180,9 @@ def command_for(like: dict, method: str, method_overrides: dict | None = None,
     root = like["dataset"].get("root")
     if root:
         args += ["--data-root", str(root)]
-    base = resolve(preset=preset, flags=[("method.name", method, "--method"),
-                                         ("backbone.name", like["backbone"]["name"], "--backbone"),
+    # Only the dataset, backbone and train sections are compared, so the preset's
+    # default method stands in (``method`` may be a plugin this install lacks).
+    base = resolve(preset=preset, flags=[("backbone.name", like["backbone"]["name"], "--backbone"),
                                          ("dataset.name", like["dataset"]["name"], "--dataset")]).data
     sets = []
     for section in ("dataset", "backbone", "train"):

@@ -323,9 +323,11 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
                 if i >= steps_per_epoch:
                     break
                 batch = to_device(batch, device, s.channels_last)
+                # Zeroed before the step: a method may run part of its backward inside
+                # training_step (OKD-MTL frees each single-task graph at once).
+                optimizer.zero_grad(set_to_none=True)
                 with autocast_ctx(device, s.amp):
                     out = method.training_step(batch)
-                optimizer.zero_grad(set_to_none=True)
                 method.backward(out)
                 if tcfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(
@@ -388,8 +390,10 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     return record
 
 
-def _report_epoch(history: dict, rule: str) -> dict:
+def _report_epoch(history: dict, rule: str, method: Method) -> dict:
     evaluated = [e for e in history["epochs"] if e["metrics"]]
+    allowed = [e for e in evaluated if method.reportable(e["epoch"])]
+    evaluated = allowed or evaluated[-1:]
     if rule == "last":
         return evaluated[-1]
     if rule == "best_train_loss":
@@ -402,7 +406,7 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
     import timm
 
     method = s.method
-    chosen = _report_epoch(history, cfg.train.report)
+    chosen = _report_epoch(history, cfg.train.report, method)
     metrics = chosen["metrics"]
     sample = next(iter(val_loader))["image"].to(s.device)
     if s.channels_last:

@@ -1,0 +1,436 @@
+"""OKD-MTL (methods/okd.py): Eq. 2 and 3 by hand, the stop-gradient, warm-up,
+every variant end to end on smoke data, resume in warm-up and in distillation,
+and frozen teachers from an `stl` run.
+
+Formula and gradient tests run on a tiny convolutional backbone built here
+(milliseconds); end-to-end tests train ``vit_tiny`` on the smoke preset with
+shrunk heads.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlbench.api import BackboneFactory, Encoder, TrainContext
+from mtlbench.cli import main
+from mtlbench.config import resolve
+from mtlbench.errors import UserError
+from mtlbench.runs import RunContext
+from mtlbench.tasks import Depth, Normal, SemSeg
+from mtlbench.trainer import TrainOptions, build, train
+
+from mtlbench.methods.okd import AFD_VARIANTS, OKD, OKDConfig, afd_loss, otw_weights
+
+TASKS = ("semseg", "depth", "normal")
+# Smoke data, one step per epoch, small heads: end-to-end runs in seconds.
+SMALL = ["train.device=cpu", "train.batch_size=2", "train.max_steps_per_epoch=1",
+         "backbone.head_layers=1", "backbone.n_reg_queries=8", "backbone.reg_hidden=16"]
+
+
+# ---------------------------------------------------------------------------
+# a tiny backbone for the formula and gradient tests
+# ---------------------------------------------------------------------------
+
+class TinyEncoder(Encoder):
+    num_layers = 3
+
+    def __init__(self):
+        super().__init__()
+        self.layer_channels = [4, 4, 4]
+        self.out_channels = 4
+        self.convs = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                                    nn.Conv2d(4, 4, 3, padding=1)])
+
+    def begin(self, x):
+        return x
+
+    def layer(self, i, state):
+        return torch.tanh(self.convs[i](state))
+
+    def layer_feature(self, state):
+        return state
+
+    def end(self, state):
+        return state
+
+
+class TinyHead(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(4, channels, 1)
+
+    def forward(self, feat, size):
+        return F.interpolate(self.conv(feat), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class TinyFactory(BackboneFactory):
+    def encoder(self, tasks):
+        return TinyEncoder()
+
+    def head(self, task):
+        return TinyHead(task.channels)
+
+
+def _tasks():
+    return {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
+
+
+def _okd(**kw) -> OKD:
+    torch.manual_seed(0)
+    tasks = _tasks()
+    cfg = OKDConfig(**kw)
+    cfg.validate()
+    return OKD(cfg, tasks, TinyFactory(None, tasks))
+
+
+def _batch(b=2, h=8, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(b, 3, h, w, generator=g),
+            "semseg": torch.randint(-1, 13, (b, h, w), generator=g),
+            "depth": torch.rand(b, 1, h, w, generator=g) + 0.1,
+            "normal": F.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)}
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------
+# OTW (Eq. 3)
+# ---------------------------------------------------------------------------
+
+def test_otw_weights_match_hand_computation():
+    mtl, stl = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.5, 1.0, 1.0])
+    lam = otw_weights(mtl, stl, T=0.1)
+    m = [2.0, 2.0, 0.5]  # L_MTL / L_STL
+    z = sum(math.exp(v / 0.1) for v in m)
+    want = [3 * math.exp(v / 0.1) / z for v in m]
+    assert lam.tolist() == pytest.approx(want, rel=1e-5)
+    assert float(lam.sum()) == pytest.approx(3.0)
+
+
+def test_otw_sums_to_n_tasks_larger_T_flattens_and_carries_no_gradient():
+    mtl = torch.tensor([0.9, 1.5, 0.4, 2.0], requires_grad=True)
+    stl = torch.tensor([1.0, 1.0, 0.5, 1.2], requires_grad=True)
+    spreads = []
+    for T in (0.01, 0.05, 0.1, 0.3, 1.0, 1e6):
+        lam = otw_weights(mtl, stl, T)
+        assert float(lam.sum()) == pytest.approx(4.0, rel=1e-5)
+        assert not lam.requires_grad
+        spreads.append(float(lam.max() - lam.min()))
+    assert all(a > b for a, b in zip(spreads, spreads[1:])), spreads
+    assert spreads[-1] < 1e-5  # T -> inf: every λ_i -> 1
+    # a task whose single-task loss is 0 (no labelled pixel) does not give NaN
+    lam = otw_weights(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]), 0.1)
+    assert torch.isfinite(lam).all()
+
+
+# ---------------------------------------------------------------------------
+# AFD (Eq. 2)
+# ---------------------------------------------------------------------------
+
+def test_afd_loss_for_known_features_is_per_layer_mean_summed_over_layers():
+    full = lambda v, shape=(2, 3, 4, 5): torch.full(shape, float(v))  # noqa: E731
+    f_mtl = [full(2.0), full(1.0, (2, 3, 2, 2))]
+    f_stl = [[full(1.0), full(3.0, (2, 3, 2, 2))],
+             [full(2.0), full(-1.0, (2, 3, 2, 2))]]
+    w = torch.tensor([[0.5, 1.0], [1.0, 2.0]])
+    # layer 0: target 0.5*1 + 1*2 = 2.5, (2 - 2.5)^2 = 0.25; layer 1: 3 - 2 = 1, (1 - 1)^2 = 0
+    assert float(afd_loss(f_mtl, f_stl, w)) == pytest.approx(0.25)
+    # the mean does not grow with the number of elements
+    big = [full(2.0, (8, 3, 16, 16))]
+    assert float(afd_loss(big, [[full(1.0, (8, 3, 16, 16))], [full(2.0, (8, 3, 16, 16))]],
+                          w[:, :1])) == pytest.approx(0.25)
+
+
+def test_afd_weights_of_each_variant():
+    omega = torch.tensor([[0.2, 0.9, 0.1], [0.5, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    soft = torch.softmax(omega, 0)
+    for variant in AFD_VARIANTS:
+        m = _okd(afd=variant)
+        if m.omega is not None:
+            with torch.no_grad():
+                m.omega.copy_(omega[:, -m.omega.shape[1]:])
+        w = m.afd_weights()
+        if variant == "none":
+            assert w is None and m.omega is None and m.afd_layers == []
+            continue
+        if variant == "ours":
+            assert torch.equal(w, omega) and m.afd_layers == [0, 1, 2]
+        elif variant == "equal":
+            assert m.omega is None and torch.equal(w, torch.ones(3, 3))
+        elif variant == "softmax":
+            assert torch.allclose(w, soft) and torch.allclose(w.sum(0), torch.ones(3))
+        elif variant == "select_skip":
+            assert torch.allclose(w, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+            (w * torch.arange(9.0).view(3, 3)).sum().backward()  # straight-through: ω learns
+            assert m.omega.grad is not None and m.omega.grad.abs().sum() > 0
+        elif variant == "last_layer":
+            assert m.afd_layers == [2] and torch.equal(w, omega[:, 2:])
+
+
+@pytest.mark.parametrize("variant", [v for v in AFD_VARIANTS])
+def test_logged_afd_matches_eq2_by_hand(variant):
+    m = _okd(afd=variant, otw=False)
+    m.train()
+    batch = _batch()
+    x = batch["image"]
+    with torch.no_grad():
+        f_stl = {t: m.stl_nets[t](x, return_features=True)[1].layers for t in TASKS}
+        f_mtl = m.model(x, return_features=True)[1].layers
+        w = m.afd_weights()
+        w = None if w is None else w.detach()
+    want = 0.0
+    for j, l in enumerate(m.afd_layers):  # Eq. 2, ‖·‖² as the mean over elements
+        target = sum(w[i, j] * f_stl[t][l] for i, t in enumerate(TASKS))
+        want += float(((f_mtl[l] - target) ** 2).mean())
+    out = m.training_step(batch)
+    assert out.logs["afd"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # otw off: λ = 1, the loss is L_AFD + Σ L_MTL
+    assert all(out.logs[f"lambda/{t}"] == 1.0 for t in TASKS)
+    assert float(out.loss.detach()) == pytest.approx(want + sum(float(out.losses[t].detach()) for t in TASKS), rel=1e-5)
+
+
+def test_step_uses_otw_weights_and_logs_everything():
+    m = _okd()
+    out = m.training_step(_batch())
+    mtl = torch.tensor([out.logs[f"mtl/{t}"] for t in TASKS])
+    stl = torch.tensor([out.logs[f"stl/{t}"] for t in TASKS])
+    lam = otw_weights(mtl, stl, 0.1)
+    assert [out.logs[f"lambda/{t}"] for t in TASKS] == pytest.approx(lam.tolist(), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(out.logs["afd"] + float((lam * mtl).sum()), rel=1e-5)
+    assert set(out.losses) == set(TASKS)
+
+
+# ---------------------------------------------------------------------------
+# the stop-gradient, warm-up
+# ---------------------------------------------------------------------------
+
+def test_single_task_gradients_are_exactly_their_own_task_loss():
+    m = _okd()
+    m.train()
+    batch = _batch()
+    ref = {t: copy.deepcopy(m.stl_nets[t]) for t in TASKS}
+    m.zero_grad(set_to_none=True)  # what the trainer does before training_step
+    out = m.training_step(batch)
+    assert out.logs["afd"] > 0
+    stl_params = list(m.stl.parameters())
+    # L_AFD + Σ λ L_MTL does not depend on any single-task parameter at all
+    grads = torch.autograd.grad(out.loss, stl_params, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in grads)
+    m.backward(out)
+    for t in TASKS:
+        net = ref[t]
+        loss = m.tasks[t].loss(net(batch["image"])[t], batch[t])
+        loss.backward()
+        for (name, p), q in zip(m.stl_nets[t].named_parameters(), net.parameters()):
+            assert p.grad is not None and torch.equal(p.grad, q.grad), f"{t}: {name}"
+    assert all(p.grad is not None for p in m.model.parameters())
+    assert m.omega.grad is not None and m.omega.grad.abs().sum() > 0
+
+
+def test_step_under_bf16_autocast():
+    # the trainer runs training_step under autocast (bf16 on CUDA); the in-step
+    # single-task backward and the float32 AFD must cope
+    m = _okd()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.training_step(_batch())
+    m.backward(out)
+    assert math.isfinite(out.logs["afd"]) and out.loss.dtype == torch.float32
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_warmup_trains_only_the_single_task_networks():
+    m = _okd(warmup_epochs=2, warmup_max_fraction=1.0)
+    m.on_train_start(TrainContext(epochs=4, steps_per_epoch=1, device=torch.device("cpu")))
+    assert m.warmup_epochs == 2
+    opt = torch.optim.AdamW(m.param_groups(), lr=1e-2, weight_decay=0.01)
+    mtl0, omega0, stl0 = _params(m.model), m.omega.detach().clone(), _params(m.stl)
+    m.train()
+    phases = []
+    for epoch in range(4):
+        m.on_epoch_start(epoch)
+        opt.zero_grad(set_to_none=True)
+        out = m.training_step(_batch(seed=epoch))
+        assert set(out.losses) == set(TASKS)
+        m.backward(out)
+        opt.step()
+        phases.append(m.on_epoch_end(epoch, {})["phase"])
+        if epoch < 2:
+            assert out.loss is None and not any(k.startswith(("mtl/", "lambda/")) for k in out.logs)
+            assert _same(_params(m.model), mtl0), "the multi-task network must not change in warm-up"
+            assert torch.equal(m.omega.detach(), omega0)
+            assert not _same(_params(m.stl), stl0)
+    assert phases == ["warmup", "warmup", "distill", "distill"]
+    assert not _same(_params(m.model), mtl0) and not torch.equal(m.omega.detach(), omega0)
+
+
+@pytest.mark.parametrize("epochs,want", [(1, 0), (2, 0), (4, 1), (8, 2), (20, 5), (200, 5)])
+def test_warmup_is_capped_to_a_share_of_the_run(epochs, want):
+    assert _okd().effective_warmup(epochs) == want  # default: 5 epochs, at most 25% of the run
+    assert _okd(warmup_max_fraction=1.0).effective_warmup(epochs) == min(5, epochs - 1)
+    assert _okd(teachers="pretrained").effective_warmup(epochs) == 0
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["method.afd=bogus"], "method.afd"),
+    (["method.T=0"], "method.T"),
+    (["method.warmup_epochs=-1"], "method.warmup_epochs"),
+    (["method.teacher_run=x.json"], "method.teachers=pretrained"),
+])
+def test_config_errors_name_the_key(sets, needle):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
+        resolve(preset="smoke", flags=[("method.name", "okd", "--method")], sets=sets)
+
+
+# ---------------------------------------------------------------------------
+# end to end on smoke data (vit_tiny)
+# ---------------------------------------------------------------------------
+
+def _record(out: Path, method: str = "okd") -> dict:
+    recs = list((out / "runs").rglob(f"{method}/*.json"))
+    assert len(recs) == 1, recs
+    return json.loads(recs[0].read_text())
+
+
+@pytest.mark.parametrize("sets", [
+    [], ["method.afd=equal", "method.otw=false"], ["method.afd=softmax"],
+    ["method.afd=select_skip"], ["method.afd=last_layer", "method.T=0.3"], ["method.afd=none"],
+], ids=["ours", "equal-no_otw", "softmax", "select_skip", "last_layer", "none"])
+def test_each_variant_trains_on_smoke_data(sets, tmp_path):
+    argv = ["run", "--method", "okd", "--backbone", "vit_tiny", "--preset", "smoke", "--quiet",
+            "--out", str(tmp_path)]
+    for s in [*SMALL, *sets]:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    rec = _record(tmp_path)
+    afd = dict(s.split("=") for s in sets).get("method.afd", "ours")
+    assert rec["config"]["method"]["afd"] == afd
+    step = rec["history"]["steps"][0]
+    for t in TASKS:
+        for k in (f"mtl/{t}", f"stl/{t}", f"lambda/{t}"):
+            assert math.isfinite(step[k]), k
+    assert sum(step[f"lambda/{t}"] for t in TASKS) == pytest.approx(3.0, rel=1e-5)
+    if "method.otw=false" in sets:
+        assert all(step[f"lambda/{t}"] == 1.0 for t in TASKS)
+    assert (step["afd"] == 0.0) == (afd == "none")
+    logs = rec["history"]["epochs"][0]["logs"]
+    assert logs["phase"] == "distill"  # smoke has one epoch: the warm-up is capped to 0
+    if afd in ("ours", "softmax", "select_skip", "last_layer"):
+        n_layers = 1 if afd == "last_layer" else 12
+        assert set(logs["omega"]) == set(TASKS)
+        assert all(len(v) == n_layers for v in logs["omega"].values())
+    else:
+        assert "omega" not in logs
+    assert set(rec["metrics"]) == set(TASKS) and set(rec["extra_metrics"]["stl"]) == set(TASKS)
+    assert rec["params"]["training_system"] > 3 * rec["params"]["deployable"]
+    assert rec["method_info"]["warmup_epochs"] == 0
+
+
+def _resume_cfg():
+    return resolve(preset="smoke", flags=[("method.name", "okd", "--method"),
+                                          ("backbone.name", "vit_tiny", "--backbone")],
+                   sets=[*SMALL, "train.epochs=4", "train.eval_every=0", "method.warmup_epochs=2",
+                         "method.warmup_max_fraction=0.5"])
+
+
+class _Kill(Exception):
+    pass
+
+
+def _final_state(out: Path) -> dict:
+    ckpt = next((out / "checkpoints").rglob("okd/*/final.pt"))
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_in_warmup_and_in_distillation_gives_the_uninterrupted_result(tmp_path):
+    cfg = _resume_cfg()  # 4 epochs: warm-up 0-1, distillation 2-3
+    ref = train(cfg, TrainOptions(out=tmp_path / "straight", quiet=True))
+    ref_state = _final_state(tmp_path / "straight")
+
+    out = tmp_path / "killed"
+    for kill_after in (0, 2):  # after epoch 1 of 2 of warm-up, after epoch 1 of 2 of distillation
+
+        def on_epoch(epoch, entry, kill_after=kill_after):
+            if epoch == kill_after:
+                raise _Kill
+
+        with pytest.raises(_Kill):
+            train(cfg, TrainOptions(out=out, quiet=True, resume=kill_after > 0, on_epoch=on_epoch))
+    rec = train(cfg, TrainOptions(out=out, quiet=True, resume=True))
+
+    assert [e["logs"]["phase"] for e in rec["history"]["epochs"]] == \
+        ["warmup", "warmup", "distill", "distill"]
+    assert rec["metrics"] == ref["metrics"] and rec["extra_metrics"] == ref["extra_metrics"]
+    assert [e["train_loss"] for e in rec["history"]["epochs"]] == \
+        [e["train_loss"] for e in ref["history"]["epochs"]]
+    assert [e["logs"] for e in rec["history"]["epochs"]] == [e["logs"] for e in ref["history"]["epochs"]]
+    assert rec["history"]["steps"] == ref["history"]["steps"]
+    state = _final_state(out)
+    assert state.keys() == ref_state.keys()
+    for k in state:
+        assert torch.equal(state[k], ref_state[k]), k
+
+
+# ---------------------------------------------------------------------------
+# frozen teachers from an stl run (Table 4's MTL-pretrained-AFD)
+# ---------------------------------------------------------------------------
+
+def test_pretrained_teachers_without_an_stl_run_give_the_command(tmp_path):
+    cfg = resolve(preset="smoke", flags=[("method.name", "okd", "--method"),
+                                         ("backbone.name", "vit_tiny", "--backbone")],
+                  sets=["method.teachers=pretrained"])
+    assert OKD.requires(cfg.method) == ["stl"]
+    m = _okd(teachers="pretrained")
+    with pytest.raises(UserError) as e:
+        m.on_train_start(TrainContext(1, 1, torch.device("cpu"), RunContext(cfg, tmp_path)))
+    msg = str(e.value)
+    assert "mtlbench run --method stl --backbone vit_tiny" in msg and "--preset smoke" in msg
+    assert "method.teacher_run" in msg
+
+
+def test_pretrained_teachers_load_an_stl_run_and_stay_frozen(tmp_path):
+    out = tmp_path / "res"
+    common = ["--backbone", "vit_tiny", "--preset", "smoke", "--quiet", "--out", str(out)]
+    for s in SMALL:
+        common += ["--set", s]
+    assert main(["run", "--method", "stl", *common]) == 0
+    stl_rec = _record(out, "stl")
+    stl_state = torch.load(out / stl_rec["checkpoint"], map_location="cpu", weights_only=False)["model"]
+
+    assert main(["run", "--method", "okd", *common, "--set", "method.teachers=pretrained",
+                 "--set", "method.otw=false"]) == 0
+    rec = _record(out)
+    state = _final_state(out)
+    for k, v in stl_state.items():  # stl's model.nets.<t>.* are okd's stl.nets.<t>.*
+        assert torch.equal(state[k.replace("model.", "stl.", 1)], v), k
+    # the frozen teachers are the stl run's networks: the same metrics
+    assert rec["extra_metrics"]["stl"] == stl_rec["metrics"]
+    assert rec["method_info"]["teacher_record"].endswith(Path(stl_rec["id"]).name + ".json")
+    step = rec["history"]["steps"][0]
+    assert step["afd"] > 0 and all(step[f"lambda/{t}"] == 1.0 for t in TASKS)
+
+    # the same, naming the record explicitly: no search in the results dir
+    path = next((out / "runs").rglob("stl/*.json"))
+    cfg = resolve(preset="smoke", flags=[("method.name", "okd", "--method"),
+                                         ("backbone.name", "vit_tiny", "--backbone")],
+                  sets=[*SMALL, "method.teachers=pretrained", f"method.teacher_run={path}"])
+    assert OKD.requires(cfg.method) == []
+    s = build(cfg, with_data=False)
+    s.method.on_train_start(TrainContext(1, 1, torch.device("cpu"), RunContext(cfg, tmp_path / "empty")))
+    assert not any(p.requires_grad for p in s.method.stl.parameters())
+    s.method.train()
+    assert not s.method.stl.training and s.method.model.training
+    for k, v in stl_state.items():
+        assert torch.equal(s.method.state_dict()[k.replace("model.", "stl.", 1)], v), k
