@@ -1,0 +1,263 @@
+"""The DeepLabV3 and DeepLabV3-MTAN backbones (backbones/deeplab.py).
+
+Shapes, the dilation pattern, MTAN's attention, parameter counts against the
+reference facts (§10-11), pretrained loading, the layer-by-layer API that
+Cross-Stitch uses, and one baseline training step per backbone.  Shape tests
+shrink the heads (``aspp_channels``); counts are taken on the meta device.
+"""
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtlbench.api import Features, count_parameters
+from mtlbench.config import build_dataclass
+from mtlbench.errors import UserError
+from mtlbench.registry import BACKBONES, METHODS
+from mtlbench.tasks import Depth, Normal, SemSeg
+
+BACKBONE_NAMES = ["deeplabv3", "deeplabv3_mtan"]
+TASKS = {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
+LAYER_CHANNELS = [64, 256, 512, 1024, 2048]
+
+
+def factory(name, tasks=TASKS, **cfg):
+    cls = BACKBONES.get(name)
+    return cls(cls.Config(**cfg), tasks)
+
+
+def make_batch(b=2, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(b, 3, h, w, generator=g),
+            "semseg": torch.randint(-1, 13, (b, h, w), generator=g),
+            "depth": torch.rand(b, 1, h, w, generator=g) + 0.1,
+            "normal": F.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)}
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    """One encoder per backbone (built once: a ResNet-50 takes seconds to initialise)."""
+    torch.manual_seed(0)
+    return {name: factory(name).encoder(list(TASKS)).eval() for name in BACKBONE_NAMES}
+
+
+def test_registered_with_alias():
+    assert BACKBONES.get("mtan") is BACKBONES.get("deeplabv3_mtan")
+    assert BACKBONES.get("deeplabv3").size_multiple == 8
+
+
+def test_dilation_pattern(encoders):
+    # Facts §11: in layer3/4 no stride; the formerly strided 3x3 conv has
+    # dilation d/2, every other 3x3 conv d (d = 2 in layer3, 4 in layer4).
+    r = encoders["deeplabv3"].resnet
+    for layer, d in ((r.layer3, 2), (r.layer4, 4)):
+        assert layer[0].downsample[0].stride == (1, 1)
+        for j, block in enumerate(layer):
+            want = d // 2 if j == 0 else d
+            assert block.conv2.stride == (1, 1)
+            assert block.conv2.dilation == (want, want)
+            assert block.conv2.padding == (want, want)
+    assert r.layer2[0].conv2.stride == (2, 2) and r.layer2[0].conv2.dilation == (1, 1)
+    assert not hasattr(r, "fc") and not hasattr(r, "avgpool")
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_feature_shapes(name, encoders):
+    enc = encoders[name]
+    assert enc.num_layers == 5 and enc.layer_channels == LAYER_CHANNELS and enc.out_channels == 2048
+    with torch.no_grad():
+        feats = enc(torch.rand(2, 3, 64, 64), return_layers=True)
+    assert isinstance(feats, Features)
+    sizes = [16, 16, 8, 8, 8]  # stem and layer1 at stride 4, then stride 8 (dilated)
+    assert [tuple(f.shape) for f in feats.layers] == [(2, c, s, s) for c, s in zip(LAYER_CHANNELS, sizes)]
+    finals = feats.final if isinstance(feats.final, dict) else {"": feats.final}
+    if name == "deeplabv3_mtan":
+        assert set(finals) == set(TASKS), "MTAN: one final feature per task"
+    for f in finals.values():
+        assert tuple(f.shape) == (2, 2048, 8, 8)
+    with torch.no_grad():
+        assert enc(torch.rand(1, 3, 32, 48)).layers == []  # not asked for
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_head_output_at_input_size(name):
+    f = factory(name, aspp_channels=16)
+    x = torch.randn(2, 2048, 4, 6)
+    for task in TASKS.values():
+        head = f.head(task).eval()
+        with torch.no_grad():
+            out = head(x, (32, 48))
+        assert tuple(out.shape) == (2, task.channels, 32, 48)
+        # ASPP: 1x1 + one 3x3 per rate + image pooling, each conv without bias.
+        assert len(head.aspp.branches) == 5
+        assert head.aspp.branches[1][0].dilation == (12, 12)
+        assert head.classifier.bias is not None
+
+
+def test_head_trains_on_a_batch_of_one():
+    # The image-pooling branch sees one value per channel; BatchNorm alone would raise.
+    head = factory("deeplabv3", aspp_channels=8).head(TASKS["depth"]).train()
+    out = head(torch.randn(1, 2048, 4, 4), (32, 32))
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+
+
+def test_mtan_attention(encoders):
+    enc = encoders["deeplabv3_mtan"]
+    assert enc.supports_stitching is False
+    # Training mode, as the masks are used: BN then normalises the logits (in eval
+    # mode an untrained network's running statistics let sigmoid saturate).
+    enc.train()
+    try:
+        masks = enc.attention_masks(torch.rand(2, 3, 64, 64))
+    finally:
+        enc.eval()
+    assert set(masks) == set(TASKS)
+    channels = LAYER_CHANNELS[1:]
+    for t, ms in masks.items():
+        assert [m.shape[1] for m in ms] == channels
+        for m in ms:
+            assert bool((m > 0).all() and (m < 1).all()), f"{t}: sigmoid masks must lie in (0, 1)"
+    for i in range(4):
+        assert not torch.allclose(masks["semseg"][i], masks["depth"][i]), "masks differ per task"
+    # Attention modules are task-specific, so not among the shared parameters.
+    shared = {id(p) for p in enc.shared_parameters()}
+    assert not any(id(p) in shared for p in enc.attention.parameters())
+    assert all(id(p) in shared for p in enc.resnet.parameters())
+    assert all(id(p) in shared for p in enc.transfer.parameters())
+
+
+def test_mtan_single_task_encoder():
+    f = factory("deeplabv3_mtan", aspp_channels=8)
+    with torch.device("meta"):
+        enc = f.encoder(["depth"])
+    assert list(enc.attention) == ["depth"]
+
+
+def _counts(name):
+    f = factory(name)
+    with torch.device("meta"):  # shapes only: no init cost, no memory
+        mtl = METHODS.get("baseline")(METHODS.get("baseline").Config(), TASKS, f)
+        stl = METHODS.get("stl")(METHODS.get("stl").Config(), TASKS, f)
+    return (count_parameters(mtl.deployable()), count_parameters(mtl.model.encoder),
+            {t: count_parameters(n) for t, n in stl.nets.items()})
+
+
+@pytest.mark.parametrize("name,total,encoder", [
+    ("deeplabv3", 71_888_721, 23_508_032),   # facts §10: HPS
+    ("deeplabv3_mtan", 92_347_921, 43_967_232),  # facts §10: MTAN
+])
+def test_parameter_counts(name, total, encoder):
+    got_total, got_encoder, stl = _counts(name)
+    assert got_total == pytest.approx(total, rel=0.01)
+    assert got_encoder == pytest.approx(encoder, rel=0.01)
+    if name == "deeplabv3":
+        for n in stl.values():  # one STL DeepLab: 23.51 M encoder + ≈16.13 M head
+            assert n == pytest.approx(39.6e6, rel=0.01)
+
+
+def test_last_shared_parameters(encoders):
+    for enc in encoders.values():
+        (w,) = enc.last_shared_parameters()
+        assert w is enc.resnet.layer4[-1].conv3.weight
+
+
+def test_pretrained_file_loads(tmp_path):
+    from torchvision.models import resnet50
+
+    torch.manual_seed(123)
+    ref = resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, path)  # DataParallel prefix too
+    for name in BACKBONE_NAMES:
+        enc = factory(name, pretrained_file=str(path)).encoder(["semseg"])
+        got = enc.resnet.state_dict()
+        for k, v in got.items():
+            assert torch.equal(v, ref.state_dict()[k]), k
+        assert "fc.weight" not in got
+
+
+def test_pretrained_file_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        factory("deeplabv3", pretrained_file=str(tmp_path / "missing.pth")).encoder(["semseg"])
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, bad)
+    with pytest.raises(UserError, match="not a ResNet-50 state dict"):
+        factory("deeplabv3", pretrained_file=str(bad)).encoder(["semseg"])
+    cls = BACKBONES.get("deeplabv3")
+    with pytest.raises(UserError, match="must end in"):
+        build_dataclass(cls.Config, {"pretrained_file": "weights.safetensors"}, "backbone", {})
+
+
+def test_pretrained_offline_points_at_pretrained_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached download
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    with pytest.raises(UserError, match="pretrained_file"):
+        factory("deeplabv3", pretrained=True).encoder(["semseg"])
+
+
+def test_config_defaults_are_the_papers():
+    cfg = BACKBONES.get("deeplabv3").Config()
+    assert (cfg.aspp_channels, cfg.aspp_rates, cfg.head_dropout) == (256, [12, 24, 36], 0.5)
+    assert cfg.normalize is False and cfg.pretrained is False
+    cls = BACKBONES.get("deeplabv3_mtan")
+    assert build_dataclass(cls.Config, {"aspp_rates": [6, 12]}, "backbone", {}).aspp_rates == [6, 12]
+    with pytest.raises(UserError):
+        build_dataclass(cls.Config, {"aspp_rates": []}, "backbone", {})
+
+
+def test_device_defaults():
+    for name in BACKBONE_NAMES:
+        f = factory(name)
+        assert f.default_amp("cuda") == "bf16" and f.default_channels_last("cuda") is True
+        assert f.default_amp("cpu") in ("bf16", "fp32")
+        # channels_last only with bf16 on CPU (alone it was slower in the benchmark)
+        assert f.default_channels_last("cpu") is (f.default_amp("cpu") == "bf16")
+
+
+def test_layer_by_layer_and_stitching(encoders):
+    enc = encoders["deeplabv3"]
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        whole = enc(x).final
+        # Two copies of the same network mixed with rows summing to one: unchanged.
+        states = [enc.begin(x), enc.begin(x)]
+        w = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+        for i in range(enc.num_layers):
+            states = enc.mix_states([enc.layer(i, s) for s in states], w)
+            assert torch.equal(enc.layer_feature(states[0]), states[0])
+        outs = [enc.end(s) for s in states]
+    assert all(torch.allclose(o, whole, atol=1e-4, rtol=1e-4) for o in outs)
+
+    mtan = encoders["deeplabv3_mtan"]
+    with torch.no_grad():
+        s = mtan.layer(0, mtan.begin(x))
+        with pytest.raises(UserError, match="unsupported"):
+            mtan.mix_states([s, s], w)
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_baseline_training_step(name):
+    torch.manual_seed(0)
+    cls = METHODS.get("baseline")
+    method = cls(cls.Config(), TASKS, factory(name, aspp_channels=32)).train()
+    batch = make_batch()
+    out = method.training_step(batch)
+    assert set(out.losses) == set(TASKS)
+    assert math.isfinite(float(out.loss.detach()))
+    method.backward(out)
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
+    preds = method.deployable().eval()(batch["image"][:1])
+    assert {t: tuple(p.shape) for t, p in preds.items()} == {
+        t: (1, task.channels, 64, 64) for t, task in TASKS.items()}
