@@ -162,6 +162,9 @@ class BackboneFactory:
     summary: ClassVar[str] = ""
     #: input sizes must be multiples of this
     size_multiple: ClassVar[int] = 1
+    #: config overrides that keep the architecture but shrink it, for fast
+    #: contract tests (e.g. narrower heads); never used by real runs
+    test_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: Any, tasks: dict[str, Task]):
         self.cfg = cfg

@@ -23,10 +23,11 @@ SMOKE = ["train.epochs=1", "train.batch_size=2", "train.max_steps_per_epoch=1"]
 
 
 def _cfg(method, backbone, extra=()):
+    shrink = [f"backbone.{k}={v}" for k, v in BACKBONES.get(backbone).test_overrides.items()]
     return resolve(preset="smoke", flags=[("method.name", method, "--method"),
                                           ("backbone.name", backbone, "--backbone"),
                                           ("train.device", "cpu", "--device")],
-                   sets=[*SMOKE, *extra])
+                   sets=[*SMOKE, *shrink, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_contract(method, backbone, results_dir):
                 got_grad.add(id(p))
         opt.step()
         m.after_step(epoch)
-        m.on_epoch_end(epoch, {t: float(v) for t, v in out.losses.items()})
+        m.on_epoch_end(epoch, {t: float(v.detach()) for t, v in out.losses.items()})
     trainable = {id(p): n for n, p in m.named_parameters() if p.requires_grad}
     missing = [n for i, n in trainable.items() if i not in got_grad]
     assert not missing, f"no gradient for {len(missing)} parameters, e.g. {missing[:5]}"
