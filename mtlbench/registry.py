@@ -65,8 +65,6 @@ class Registry:
                     f"duplicate {self.kind} name {key!r}: registered by {prev.origin} "
                     f"and again by {origin}",
                     hint=f"rename one of the two {self.kind}s")
-        if hasattr(obj, "registry_name"):
-            pass
         try:
             obj.registry_name = name
         except (AttributeError, TypeError):
