@@ -109,12 +109,13 @@ def _check_header(key: str, shape: tuple, dtype: np.dtype) -> list[str]:
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
         return [f"dtype {dtype} is not numeric"]
     s = _fmt_shape(shape)
-    if key == "image":
+    if key in ("image", "normal"):
         if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
             msgs.append(f"shape {s} is channels-first; expected channels-last (H, W, 3) "
                         "(fix: np.save(f, a.transpose(1, 2, 0)))")
         elif len(shape) != 3 or shape[2] != 3:
             msgs.append(f"shape {s}; expected (H, W, 3)")
+    if key == "image":
         if dtype.kind != "f":
             msgs.append(f"dtype {dtype}; expected float in [0, 1]"
                         + (" (fix: np.save(f, (a / 255).astype(np.float32)))" if dtype == np.uint8 else ""))
@@ -135,11 +136,6 @@ def _check_header(key: str, shape: tuple, dtype: np.dtype) -> list[str]:
         if dtype.kind != "f":
             msgs.append(f"dtype {dtype}; expected float (fix: save d.astype(np.float32))")
     elif key == "normal":
-        if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
-            msgs.append(f"shape {s} is channels-first; expected channels-last (H, W, 3) "
-                        "(fix: np.save(f, a.transpose(1, 2, 0)))")
-        elif len(shape) != 3 or shape[2] != 3:
-            msgs.append(f"shape {s}; expected (H, W, 3)")
         if dtype.kind != "f":
             msgs.append(f"dtype {dtype}; expected float unit vectors")
     return msgs
