@@ -263,8 +263,7 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     method, device, tcfg = s.method, s.device, cfg.train
     g = torch.Generator()
     loader_kw = dict(batch_size=tcfg.batch_size, num_workers=cfg.dataset.num_workers,
-                     pin_memory=device.type == "cuda",
-                     persistent_workers=False)
+                     pin_memory=device.type == "cuda")
     val_loader = DataLoader(s.val_set, shuffle=False, **loader_kw)
     n_batches = math.ceil(len(s.train_set) / tcfg.batch_size)
     steps_per_epoch = min(n_batches, tcfg.max_steps_per_epoch or n_batches)
@@ -309,8 +308,6 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     try:
         for epoch in range(start_epoch, tcfg.epochs):
             prog.epoch_start(epoch, epoch)
-            if hasattr(s.train_set, "set_epoch"):
-                s.train_set.set_epoch(epoch)
             # The shuffle order depends only on (seed, epoch): a resumed run sees the same batches.
             g.manual_seed(cfg.seed * 100003 + epoch)
             loader = DataLoader(s.train_set, sampler=RandomSampler(s.train_set, generator=g),
