@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -100,6 +102,99 @@ class RunPaths:
     @property
     def final(self) -> Path:
         return self.ckpt_dir / "final.pt"
+
+    @property
+    def lock(self) -> Path:
+        """The run's lock file, beside its checkpoint directory."""
+        return self.ckpt_dir.with_name(self.ckpt_dir.name + ".lock")
+
+
+# ---------------------------------------------------------------------------
+# the run lock
+# ---------------------------------------------------------------------------
+
+class RunLocked(UserError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """An exclusive lock on one run, held while it trains.
+
+    The lock is an ``flock`` on the file ``path``: the kernel drops it when its
+    holder exits, however it exits, so a run killed mid-epoch leaves no stale
+    lock and ``--resume`` just works.  The file itself stays (holder's pid, host
+    and start time, for the error message of whoever finds it taken).  After
+    taking the lock we check that ``path`` still names the file we locked;
+    if another process replaced it meanwhile, we try again.  On a shared
+    filesystem, Linux maps ``flock`` onto NFS byte-range locks, so workers on
+    different hosts exclude each other too (given a working NFS lock service).
+    """
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        if self.held:
+            raise RuntimeError(f"lock {self.path} is already held by this RunLock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._locked_error() from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file that was unlinked meanwhile: take the new one
+        else:  # pragma: no cover - needs a pathological race
+            raise RunLocked(f"could not take the lock {self.path}: it kept being replaced")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "run": self.what,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock: a process that opened the old
+        # file meanwhile finds it is no longer at ``path`` and starts over.
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _locked_error(self) -> RunLocked:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        msg = (f"run {self.what} is being trained by another process right now: lock file {self.path} "
+               f"(pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
+               f"since {info.get('started', '?')})")
+        return RunLocked(msg, hint="wait for it to finish (its record then exists and the run is "
+                                   "skipped), or stop that process and resume with --resume")
 
 
 def read_record(path: str | Path) -> dict:

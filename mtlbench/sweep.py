@@ -20,23 +20,22 @@ Executors:
   sees (a shared filesystem) and mtlbench must be installed on every node.
 
 Two workers never train the same run: records are written atomically at a
-path unique to the run's identity, and each run is trained while holding an
-exclusive lock file beside its checkpoint directory
-(``<out>/checkpoints/<dataset>/<backbone>/<method>/seed<S>-<hash>.lock``,
-created with ``O_CREAT | O_EXCL``, removed at the end).  A lock left by a
-killed sweep is stale: the error says which process held it and how to clear it.
+path unique to the run's identity, and :func:`mtlbench.trainer.train` holds
+the run's lock (:class:`mtlbench.runs.RunLock`, an ``flock`` on
+``<out>/checkpoints/<dataset>/<backbone>/<method>/seed<S>-<hash>.lock``) while
+it trains, whoever started it: a sweep, a Ray task or ``mtlbench run`` by hand.
+The kernel drops the lock when its holder dies, so a killed sweep leaves no
+stale lock behind.
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,75 +43,6 @@ from .errors import UserError
 from .tables.build import Job, RecordIndex, Setting, TableSpec, _needs_data_root, plan_runs
 
 EXECUTORS = ("local", "ray")
-
-
-# ---------------------------------------------------------------------------
-# the lock
-# ---------------------------------------------------------------------------
-
-class RunLocked(UserError):
-    """Another process holds the run's lock file."""
-
-
-def lock_path_for(ckpt_dir: Path) -> Path:
-    """The lock file of a run: beside its checkpoint directory."""
-    return ckpt_dir.with_name(ckpt_dir.name + ".lock")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """An exclusive lock file (``O_CREAT | O_EXCL``), removed on release."""
-
-    def __init__(self, path: Path, what: str):
-        self.path = Path(path)
-        self.what = what
-        self.held = False
-
-    def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise self._locked_error() from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "run": self.what,
-                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
-        self.held = True
-        return self
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def _locked_error(self) -> RunLocked:
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        pid, host = info.get("pid"), info.get("host", "?")
-        msg = (f"run {self.what} is already being trained by another worker: lock file {self.path} "
-               f"(pid {pid} on host {host}, since {info.get('started', '?')})")
-        if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
-            msg += (f"; pid {pid} no longer runs on this host, so the lock is stale "
-                    f"(left by a sweep or worker that was killed)")
-        return RunLocked(msg, hint=f"if nothing is training this run any more, delete {self.path} and "
-                                   f"start the sweep again: the run resumes from its last checkpoint")
 
 
 # ---------------------------------------------------------------------------
@@ -141,20 +71,17 @@ def parse_run_argv(argv: Sequence[str]):
 
 
 def execute(argv: Sequence[str]) -> dict:
-    """Train the run of ``mtlbench`` arguments ``argv`` here, holding its lock.
+    """Train the run of ``mtlbench`` arguments ``argv`` here (``train`` takes its lock).
 
     Returns ``{"status": "done" | "exists", "record": path}``.
     """
-    from .runs import RunPaths
     from .trainer import RunExists, TrainOptions, train
 
     args, cfg = parse_run_argv(argv)
-    paths = RunPaths.for_config(cfg, args.out)
-    with RunLock(lock_path_for(paths.ckpt_dir), paths.rel.as_posix()):
-        try:
-            rec = train(cfg, TrainOptions(out=Path(args.out), resume=True, quiet=args.quiet))
-        except RunExists as exc:
-            return {"status": "exists", "record": str(exc.path)}
+    try:
+        rec = train(cfg, TrainOptions(out=Path(args.out), resume=True, quiet=args.quiet))
+    except RunExists as exc:
+        return {"status": "exists", "record": str(exc.path)}
     return {"status": "done", "record": rec.get("_path")}
 
 
@@ -253,7 +180,6 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
             try:
                 _, cfg = parse_run_argv(argv)
                 paths = RunPaths.for_config(cfg, out)
-                lock = RunLock(lock_path_for(paths.ckpt_dir), paths.rel.as_posix()).acquire()
             except UserError as exc:
                 status[job.key] = "failed"
                 res.outcomes.append(Outcome(job, "failed", str(exc)))
@@ -265,14 +191,13 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argv], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)
-            running[job.key] = (job, proc, lock, fh, time.perf_counter(), log)
+            running[job.key] = (job, proc, fh, time.perf_counter(), log)
             echo(f"[{started}/{n}] {job.describe()}: started (pid {proc.pid}, log {log})")
-        for key, (job, proc, lock, fh, t0, log) in list(running.items()):
+        for key, (job, proc, fh, t0, log) in list(running.items()):
             rc = proc.poll()
             if rc is None:
                 continue
             fh.close()
-            lock.release()
             del running[key]
             dt = time.perf_counter() - t0
             if rc == 0:
@@ -338,8 +263,10 @@ def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str]
     try:
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        # no retries: a retried run would meet the lock its crashed attempt left
-        task = ray.remote(_ray_execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        # A task whose worker died (OOM killer, lost node) is retried once and
+        # resumes from the run's last checkpoint; the dead worker's flock died with it.
+        # Errors raised by the run itself are not retried (Ray's default).
+        task = ray.remote(_ray_execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=1)
         refs: dict[tuple, object] = {}
         owner: dict[object, Job] = {}
         for job in jobs:

@@ -28,8 +28,8 @@ from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
 from .registry import BACKBONES, DATASETS, METHODS
-from .runs import (SCHEMA_VERSION, RunContext, RunPaths, atomic_torch_save, atomic_write_json,
-                   find_runs, git_commit)
+from .runs import (SCHEMA_VERSION, RunContext, RunLock, RunPaths, atomic_torch_save,
+                   atomic_write_json, find_runs, git_commit)
 
 
 class RunExists(Exception):
@@ -247,9 +247,20 @@ def _fmt_losses(losses: dict[str, float]) -> str:
 
 
 def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
-    """Train one run and return its record (also written to disk)."""
+    """Train one run and return its record (also written to disk).
+
+    The run's lock (:class:`~mtlbench.runs.RunLock`) is held throughout, so two
+    processes sharing a results directory never train the same run: the second
+    stops with :class:`~mtlbench.runs.RunLocked`, or, once the first has
+    finished, with :class:`RunExists`.
+    """
     opts = opts or TrainOptions()
     paths = RunPaths.for_config(cfg, opts.out)
+    with RunLock(paths.lock, paths.rel.as_posix()):
+        return _train(cfg, opts, paths)
+
+
+def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
     if paths.record.exists() and not opts.force:
         raise RunExists(paths.record)
     if paths.last.exists() and not (opts.resume or opts.force):
