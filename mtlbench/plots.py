@@ -310,15 +310,35 @@ def make_plot(kind: str, records: list[dict], out_dir: str | Path, fmt: str = "p
     return plot_curves(records, out)
 
 
+def _otw(rec: dict) -> bool:
+    return bool((rec["config"].get("method") or {}).get("otw", True))
+
+
+def _same_but_otw(a: dict, b: dict) -> bool:
+    """Whether two okd records differ in ``method.otw`` only (same data, backbone, recipe, seed)."""
+    from .runs import same_setting
+
+    def rest(r):
+        return {k: v for k, v in (r["config"].get("method") or {}).items() if k != "otw"}
+
+    return (a.get("seed") == b.get("seed") and a.get("dataset") == b.get("dataset")
+            and same_setting(a, b) and rest(a) == rest(b))
+
+
 def default_selection(kind: str, records: list[dict]) -> list[dict]:
-    """Records to draw when none are named: fig3 the newest okd run without and with OTW,
-    fig4 the newest run that logs ω, curves every run."""
+    """Records to draw when none are named: fig3 the newest pair of okd runs that differ
+    only in OTW (without, with; else the newest of each), fig4 the newest run that logs ω,
+    curves every run."""
     newest = sorted(records, key=lambda r: r.get("created", ""), reverse=True)
     if kind == "fig3":
+        okd = [r for r in newest if r.get("method") == "okd"
+               and any(k.startswith("mtl/") for s in r["history"]["steps"] for k in s)]
+        pairs = [(off, on) for off in okd if not _otw(off) for on in okd if _otw(on) and _same_but_otw(off, on)]
+        if pairs:
+            return list(max(pairs, key=lambda p: max(p[0].get("created", ""), p[1].get("created", ""))))
         picked: dict[bool, dict] = {}
-        for r in newest:
-            if r.get("method") == "okd" and any(k.startswith("mtl/") for s in r["history"]["steps"] for k in s):
-                picked.setdefault(bool((r["config"].get("method") or {}).get("otw", True)), r)
+        for r in okd:
+            picked.setdefault(_otw(r), r)
         return [picked[k] for k in (False, True) if k in picked]
     if kind == "fig4":
         return [r for r in newest if omega_history(r)][:1]

@@ -35,6 +35,20 @@ def test_fig3_from_okd_records_with_and_without_otw(tmp_path):
     _check_png(out)
 
 
+def test_fig3_pairs_runs_that_differ_only_in_otw():
+    recs = {r["id"].rsplit("/", 1)[-1]: r
+            for r in plots.load_runs([OKD])}
+    # make the "newest of each" choice wrong: seed 1 (and afd=equal, which logs no losses) are newer
+    recs["seed0-f000000000"]["created"] = "2024-06-03T00:00:00+00:00"
+    recs["seed1-d000000001"]["created"] = "2024-06-02T00:00:00+00:00"
+    picked = plots.default_selection("fig3", list(recs.values()))
+    assert [r["id"].rsplit("/", 1)[-1] for r in picked] == ["seed0-e000000000", "seed0-d000000000"]
+    # with no matching pair it still draws the newest run of each kind
+    del recs["seed0-d000000000"]
+    picked = plots.default_selection("fig3", list(recs.values()))
+    assert [r["id"].rsplit("/", 1)[-1] for r in picked] == ["seed0-e000000000", "seed1-d000000001"]
+
+
 def test_fig4_boxplots_of_omega(tmp_path):
     recs = plots.load_runs([OKD / "seed0-d000000000.json"])
     om = plots.omega_history(recs[0])
