@@ -325,10 +325,25 @@ def _same_but_otw(a: dict, b: dict) -> bool:
             and same_setting(a, b) and rest(a) == rest(b))
 
 
+def _default_method_config(rec: dict) -> bool:
+    """Whether a run used its method's default settings (the method as proposed)."""
+    import dataclasses
+
+    from .registry import METHODS
+
+    try:
+        cfg_cls = METHODS.get(rec.get("method", "")).Config
+        defaults = dataclasses.asdict(cfg_cls()) if cfg_cls is not None else {}
+    except Exception:  # an uninstalled plugin: no way to tell
+        return False
+    used = {k: v for k, v in (rec["config"].get("method") or {}).items() if k != "name"}
+    return all(used.get(k, v) == v for k, v in defaults.items())
+
+
 def default_selection(kind: str, records: list[dict]) -> list[dict]:
     """Records to draw when none are named: fig3 the newest pair of okd runs that differ
     only in OTW (without, with; else the newest of each), fig4 the newest run that logs ω,
-    curves every run."""
+    preferring runs with their method's default settings, curves every run."""
     newest = sorted(records, key=lambda r: r.get("created", ""), reverse=True)
     if kind == "fig3":
         okd = [r for r in newest if r.get("method") == "okd"
@@ -341,5 +356,6 @@ def default_selection(kind: str, records: list[dict]) -> list[dict]:
             picked.setdefault(_otw(r), r)
         return [picked[k] for k in (False, True) if k in picked]
     if kind == "fig4":
-        return [r for r in newest if omega_history(r)][:1]
+        logged = [r for r in newest if omega_history(r)]
+        return ([r for r in logged if _default_method_config(r)] or logged)[:1]
     return records

@@ -49,6 +49,18 @@ def test_fig3_pairs_runs_that_differ_only_in_otw():
     assert [r["id"].rsplit("/", 1)[-1] for r in picked] == ["seed0-e000000000", "seed1-d000000001"]
 
 
+def test_fig4_default_prefers_a_run_with_the_methods_default_settings():
+    recs = {r["id"].rsplit("/", 1)[-1]: r for r in plots.load_runs([OKD])}
+    recs["seed0-e000000000"]["created"] = "2024-06-03T00:00:00+00:00"  # otw=false, logs ω, newest
+    recs["seed0-d000000000"]["created"] = "2024-06-02T00:00:00+00:00"
+    picked = plots.default_selection("fig4", list(recs.values()))
+    assert [r["id"].rsplit("/", 1)[-1] for r in picked] == ["seed0-d000000000"]
+    for k in ("seed0-d000000000", "seed1-d000000001"):  # no default-config run left: the newest
+        del recs[k]
+    picked = plots.default_selection("fig4", list(recs.values()))
+    assert [r["id"].rsplit("/", 1)[-1] for r in picked] == ["seed0-e000000000"]
+
+
 def test_fig4_boxplots_of_omega(tmp_path):
     recs = plots.load_runs([OKD / "seed0-d000000000.json"])
     om = plots.omega_history(recs[0])

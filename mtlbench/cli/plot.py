@@ -14,8 +14,9 @@ def register(sub) -> None:
     p.add_argument("--kind", default="curves", choices=["fig3", "fig4", "curves"],
                    help="which figure (default curves)")
     p.add_argument("--runs", nargs="+", metavar="PATH",
-                   help="run records (.json) or directories of them (default: fig3 the newest pair of okd runs "
-                        "differing only in OTW, fig4 the newest okd run, curves every run under --results)")
+                   help="run records (.json) or directories of them (default: fig3 the newest pair "
+                        "of okd runs differing only in OTW, fig4 the newest run logging ω, default "
+                        "settings first, curves every run under --results)")
     p.add_argument("--results", default="results", metavar="DIR",
                    help="results directory searched when --runs is not given (default results)")
     p.add_argument("--out-dir", default="figures", metavar="DIR", help="where to write (default figures)")
