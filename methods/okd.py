@@ -70,8 +70,9 @@ features are kept (the trainer zeroes gradients before ``training_step``).
 Then the multi-task network runs, and ``backward`` differentiates its loss and
 L_AFD.  Peak memory is thus one single-task graph or the
 multi-task graph, not all N_t + 1 graphs at once (``benchmarks/bench_okd_step.py``).
-With ``train.grad_clip`` set, the trainer clips the joint gradient norm of all
-the networks, as one optimiser over the whole system does.
+With ``train.grad_clip`` set, the trainer clips each network's gradient norm on
+its own (``clip_groups``: the multi-task network with ω, then each single-task
+network), so a spike in the multi-task network does not slow its teachers.
 """
 from __future__ import annotations
 
@@ -212,6 +213,13 @@ class OKD(Method):
         if self.omega is not None:
             groups.append({"params": [self.omega], "weight_decay": 0.0})
         return groups
+
+    def clip_groups(self):
+        mtl = [p for p in self.model.parameters() if p.requires_grad]
+        if self.omega is not None:
+            mtl.append(self.omega)
+        stl = [[p for p in net.parameters() if p.requires_grad] for net in self.stl_nets.values()]
+        return [mtl] + [g for g in stl if g]
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -34,6 +34,10 @@ class STL(Method):
     def nets(self):
         return self.model.nets
 
+    def clip_groups(self):
+        # independent networks: train.grad_clip bounds each one's gradient on its own
+        return [[p for p in net.parameters() if p.requires_grad] for net in self.nets.values()]
+
     def training_step(self, batch):
         x = batch["image"]
         losses = {}

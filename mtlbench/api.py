@@ -21,7 +21,7 @@ it never asks which method it runs.
   :meth:`Method.make_network`;
 * ``param_groups()`` for the trainer's optimiser; a method may own more
   optimisers (KD-MTL's adaptors, GradNorm's weights) and step them in
-  ``after_step``;
+  ``after_step``; ``clip_groups()``: what ``train.grad_clip`` clips together;
 * ``training_step(batch) -> StepOutput`` (forward and losses, run under
   autocast) and ``backward(out)`` (default: ``out.loss.backward()``);
 * hooks ``on_train_start``, ``on_epoch_start``, ``after_step``, ``on_epoch_end``
@@ -313,6 +313,15 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict]:
         """Parameter groups for the trainer's optimiser (AdamW + OneCycleLR)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Sets of parameters whose gradient norm ``train.grad_clip`` bounds, each on its own.
+
+        Default: one set, the parameters of every optimiser group.  A method that
+        trains independent networks side by side (``stl``, OKD-MTL) returns one set
+        per network, so a gradient spike in one does not shrink the others' steps.
+        """
+        return [[p for grp in self.param_groups() for p in grp["params"]]]
 
     # -- the step ------------------------------------------------------------
     def task_losses(self, preds: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:

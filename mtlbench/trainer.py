@@ -246,6 +246,12 @@ def _fmt_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{t}={v:.4f}" for t, v in losses.items())
 
 
+def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> None:
+    """``train.grad_clip``: bound the gradient norm of each set of ``Method.clip_groups()``."""
+    for params in groups:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     """Train one run and return its record (also written to disk).
 
@@ -287,6 +293,7 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
     run_ctx = RunContext(cfg, Path(opts.out))
     method.on_train_start(TrainContext(tcfg.epochs, steps_per_epoch, device, run_ctx, start_epoch))
     groups = method.param_groups()
+    clip_groups = method.clip_groups() if tcfg.grad_clip else []
     optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     if tcfg.scheduler == "onecycle":
         max_lr = [grp.get("lr", tcfg.lr) for grp in optimizer.param_groups]
@@ -338,8 +345,7 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
                     out = method.training_step(batch)
                 method.backward(out)
                 if tcfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for grp in optimizer.param_groups for p in grp["params"]], tcfg.grad_clip)
+                    clip_gradients(clip_groups, tcfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 step_logs = method.after_step(global_step) or {}

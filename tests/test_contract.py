@@ -87,6 +87,11 @@ def test_contract(method, backbone, results_dir):
     missing = [n for i, n in trainable.items() if i not in got_grad]
     assert not missing, f"no gradient for {len(missing)} parameters, e.g. {missing[:5]}"
 
+    # train.grad_clip's sets cover the optimiser's parameters, each exactly once
+    in_opt = [id(p) for grp in m.param_groups() for p in grp["params"]]
+    in_clip = [id(p) for params in m.clip_groups() for p in params]
+    assert sorted(in_clip) == sorted(in_opt), "clip_groups must partition the optimiser's parameters"
+
     # predictions of the deployable model: every task, the right shape
     dep = m.deployable()
     dep.eval()

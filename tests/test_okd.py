@@ -240,6 +240,27 @@ def test_single_task_gradients_are_exactly_their_own_task_loss():
     assert m.omega.grad is not None and m.omega.grad.abs().sum() > 0
 
 
+def test_grad_clip_bounds_each_network_on_its_own():
+    from mtlbench.trainer import clip_gradients
+
+    m = _okd()
+    m.train()
+    m.zero_grad(set_to_none=True)
+    m.backward(m.training_step(_batch()))
+    for p in m.model.parameters():  # a spike in the multi-task network
+        p.grad.mul_(1000.0)
+    groups = m.clip_groups()
+    assert [len(g) for g in groups] == [len(_params(m.model)) + 1] + [len(_params(m.stl_nets[t])) for t in TASKS]
+    norms = [float(torch.nn.utils.get_total_norm([p.grad for p in g])) for g in groups]
+    limit = 2 * max(norms[1:])
+    assert norms[0] > limit  # only the multi-task network is over the limit
+    stl_before = [p.grad.clone() for g in groups[1:] for p in g]
+    clip_gradients(groups, limit)
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in groups[0]])) == pytest.approx(limit, rel=1e-4)
+    # the single-task networks' steps are untouched (one joint norm would have shrunk them)
+    assert all(torch.equal(p.grad, q) for p, q in zip([p for g in groups[1:] for p in g], stl_before))
+
+
 def test_step_under_bf16_autocast():
     # the trainer runs training_step under autocast (bf16 on CUDA); the in-step
     # single-task backward and the float32 AFD must cope
