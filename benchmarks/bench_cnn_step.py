@@ -16,7 +16,6 @@ median process CPU time per step (all threads), per image and as speed-ups.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from mtlbench.registry import BACKBONES, METHODS
 from mtlbench.tasks import Depth, Normal, SemSeg
+from mtlbench.trainer import optimizer_step
 
 MODES = {"fp32": (False, False), "bf16": (True, False), "fp32_cl": (False, True), "bf16_cl": (True, True)}
 
@@ -50,17 +50,11 @@ def time_block(method, batch, device, mode: str, steps: int, warmup: bool) -> li
     method.to(memory_format=fmt)
     batch = dict(batch, image=batch["image"].contiguous(memory_format=fmt))
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4)
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
-           else contextlib.nullcontext())
     times = []
     for i in range(steps + int(warmup)):  # a warm-up step: allocator, oneDNN primitives
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        with amp:
-            out = method.training_step(batch)
-        opt.zero_grad(set_to_none=True)
-        method.backward(out)
-        opt.step()
+        optimizer_step(method, opt, batch, device, "bf16" if bf16 else "none")
         sync(device)
         if i or not warmup:
             times.append((time.perf_counter() - t0, time.process_time() - c0))

@@ -11,9 +11,9 @@ graph, is alive at a time.  This script checks the two targets:
 
 Both methods are built through the config and the registry on ``--preset``
 (quick by default: vit_tiny, synthetic NYUv2-like data, batch 16, 96x128), and a
-step is what the trainer does: ``training_step`` under the trainer's autocast,
-``zero_grad(set_to_none=True)``, ``backward``, an AdamW step on
-``param_groups()``.  ``okd`` is put in its distillation phase (after warm-up),
+step is what the trainer does (``mtlbench.trainer.optimizer_step``):
+``zero_grad(set_to_none=True)``, ``training_step`` under the trainer's
+autocast, ``backward``, an AdamW step on ``param_groups()``.  ``okd`` is put in its distillation phase (after warm-up),
 the regime that costs most.
 
 Time: both methods live in this process and are timed in interleaved rounds,
@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader
 
 from mtlbench.api import TrainContext
 from mtlbench.config import resolve
-from mtlbench.trainer import autocast_ctx, build, to_device
+from mtlbench.trainer import build, optimizer_step, to_device
 
 MEMORY_TARGET = 1.6
 TIME_SLACK = 1.05
@@ -108,11 +108,7 @@ class Runner:
         s, m = self.s, self.s.method
         batch = self.batches[self.i % len(self.batches)]
         self.i += 1
-        with autocast_ctx(s.device, s.amp):
-            out = m.training_step(batch)
-        self.opt.zero_grad(set_to_none=True)
-        m.backward(out)
-        self.opt.step()
+        optimizer_step(m, self.opt, batch, s.device, s.amp)
         m.after_step(self.i)
 
     def timed_step(self) -> float:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtlbench.config import resolve
-from mtlbench.trainer import autocast_ctx, build, to_device
+from mtlbench.trainer import build, optimizer_step, to_device
 
 DEFAULT_METHODS = "baseline,dwa,gradnorm,uw,rlw"
 
@@ -62,11 +62,7 @@ class Runner:
         m, s = self.method, self.s
         sync(s.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        with autocast_ctx(s.device, s.amp):
-            out = m.training_step(batch)
-        self.opt.zero_grad(set_to_none=True)
-        m.backward(out)
-        self.opt.step()
+        optimizer_step(m, self.opt, batch, s.device, s.amp)
         m.after_step(self.step_no)
         sync(s.device)
         self.step_no += 1

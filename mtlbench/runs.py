@@ -160,7 +160,8 @@ class RunLock:
                 break
             os.close(fd)  # we locked a file that was unlinked meanwhile: take the new one
         else:  # pragma: no cover - needs a pathological race
-            raise RunLocked(f"could not take the lock {self.path}: it kept being replaced")
+            raise RunLocked(f"could not take the lock {self.path}: other processes kept replacing it",
+                            hint="something is starting and stopping this run in a loop; stop it and try again")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "run": self.what,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)

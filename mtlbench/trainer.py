@@ -252,6 +252,23 @@ def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> N
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
+def optimizer_step(method: Method, optimizer: torch.optim.Optimizer, batch: dict,
+                   device: torch.device, amp: str, clip_groups=(), max_norm: float | None = None):
+    """One training step as the trainer takes it (benchmarks time this very function).
+
+    Gradients are zeroed *before* ``training_step``: a method may run part of its
+    backward inside it (OKD-MTL frees each single-task graph at once).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_ctx(device, amp):
+        out = method.training_step(batch)
+    method.backward(out)
+    if max_norm:
+        clip_gradients(clip_groups, max_norm)
+    optimizer.step()
+    return out
+
+
 def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     """Train one run and return its record (also written to disk).
 
@@ -338,15 +355,7 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
                 if i >= steps_per_epoch:
                     break
                 batch = to_device(batch, device, s.channels_last)
-                # Zeroed before the step: a method may run part of its backward inside
-                # training_step (OKD-MTL frees each single-task graph at once).
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_ctx(device, s.amp):
-                    out = method.training_step(batch)
-                method.backward(out)
-                if tcfg.grad_clip:
-                    clip_gradients(clip_groups, tcfg.grad_clip)
-                optimizer.step()
+                out = optimizer_step(method, optimizer, batch, device, s.amp, clip_groups, tcfg.grad_clip)
                 scheduler.step()
                 step_logs = method.after_step(global_step) or {}
                 losses = {t: float(v.detach()) for t, v in out.losses.items()}
