@@ -52,7 +52,7 @@ otherwise; ``train.amp`` / ``train.channels_last`` override it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlbench.api import BackboneFactory, Encoder
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import BACKBONES
 from mtlbench.tasks import Task
@@ -79,20 +80,14 @@ class DeepLabV3Config:
     pretrained: bool = False  # download torchvision's ImageNet ResNet-50 (IMAGENET1K_V1; needs internet)
     pretrained_file: str | None = None  # a local ResNet-50 ImageNet state dict (.pth; wins over pretrained)
     normalize: bool = False  # map [0, 1] images with ImageNet mean/std (the references do not)
-    aspp_channels: int = 256  # width of the ASPP branches and of the head's 3x3 conv
-    aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # dilation of ASPP's 3x3 branches
-    head_dropout: float = 0.5  # dropout after ASPP's projection (Auto-Lambda's copy: 0)
+    aspp_channels: int = option(256, ge=1)  # width of the ASPP branches and of the head's 3x3 conv
+    aspp_rates: list[int] = option([12, 24, 36], ge=1, min_items=1)  # dilation of ASPP's 3x3 branches
+    head_dropout: float = option(0.5, ge=0, lt=1)  # dropout after ASPP's projection (Auto-Lambda's copy: 0)
 
     def validate(self) -> None:
         if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
             raise ValueError(f"pretrained_file {self.pretrained_file!r} must end in one of "
                              f"{', '.join(PRETRAINED_SUFFIXES)}")
-        if self.aspp_channels < 1:
-            raise ValueError(f"aspp_channels must be positive, got {self.aspp_channels}")
-        if not self.aspp_rates or any(r < 1 for r in self.aspp_rates):
-            raise ValueError(f"aspp_rates must be a non-empty list of positive ints, got {self.aspp_rates}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
 
 
 @dataclass
@@ -104,25 +99,68 @@ class DeepLabV3MTANConfig(DeepLabV3Config):
 # the dilated ResNet-50
 # ---------------------------------------------------------------------------
 
+_RESNET_HINT = ("point it at a torchvision ResNet-50 ImageNet state dict, "
+                "e.g. resnet50-0676ba61.pth or resnet50-19c8e357.pth")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _load_pretrained_file(path_str: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``backbone.pretrained_file``; anything unreadable is a UserError."""
     path = Path(path_str).expanduser()
+    what = f"backbone.pretrained_file {str(path)!r}"
     if not path.is_file():
-        raise UserError(f"backbone.pretrained_file {str(path)!r} does not exist",
-                        hint="point it at a torchvision ResNet-50 ImageNet state dict, "
-                             "e.g. resnet50-0676ba61.pth or resnet50-19c8e357.pth")
+        raise UserError(f"{what} does not exist" + (" (it is a directory)" if path.is_dir() else ""),
+                        hint=_RESNET_HINT)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors come in many types
-        raise UserError(f"could not read backbone.pretrained_file {str(path)!r}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                        hint="the file must be a state dict saved with torch.save") from exc
+        raise UserError(f"{what} is not a readable checkpoint ({_short(exc)})",
+                        hint="the file must be a state dict saved with torch.save; " + _RESNET_HINT) from exc
     # Accept training checkpoints that wrap the weights, and DataParallel prefixes.
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
-    if not isinstance(sd, dict):
-        raise UserError(f"backbone.pretrained_file {str(path)!r} holds a {type(sd).__name__}, not a state dict")
+    if not isinstance(sd, dict) or not sd:
+        raise UserError(f"{what} holds " + ("an empty mapping" if isinstance(sd, dict)
+                                            else f"a {type(sd).__name__}") + ", not a state dict",
+                        hint=_RESNET_HINT)
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{what} is not a state dict: {len(bad)} entr"
+                        f"{'y is' if len(bad) == 1 else 'ies are'} not named tensors (e.g. {bad[0]!r})",
+                        hint=_RESNET_HINT)
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _load_strictly(net: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` into ``net``; a missing, unexpected or misshapen key is a UserError with counts."""
+    own = net.state_dict()
+    # Legacy files (resnet50-19c8e357) predate BatchNorm's counter; load_state_dict fills it.
+    missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of ResNet-50's {len(own)} weights missing ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) != 1 else ''} "
+                         f"({_few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} of other shape (file vs ResNet-50: {_few(shapes, 2)})")
+        raise UserError(f"{source} is not a ResNet-50 state dict: " + "; ".join(parts),
+                        hint="use torchvision's resnet50 ImageNet weights "
+                             "(keys conv1.weight, layer1.0.conv1.weight, ...)")
+    net.load_state_dict(sd, strict=False)  # checked above
 
 
 def _download_state_dict() -> dict[str, torch.Tensor]:
@@ -151,14 +189,8 @@ def build_dilated_resnet50(cfg: DeepLabV3Config) -> nn.Module:
                      "elsewhere and pass --set backbone.pretrained_file=PATH") from exc
         source = "torchvision IMAGENET1K_V1"
     if sd is not None:
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        result = net.load_state_dict(sd, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise UserError(
-                f"{source} is not a ResNet-50 state dict: "
-                f"missing {result.missing_keys[:3]}{'...' if len(result.missing_keys) > 3 else ''}, "
-                f"unexpected {result.unexpected_keys[:3]}{'...' if len(result.unexpected_keys) > 3 else ''}",
-                hint="use torchvision's resnet50 ImageNet weights (keys conv1.weight, layer1.0.conv1.weight, ...)")
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # the ImageNet classifier
+        _load_strictly(net, sd, source)
     return net
 
 

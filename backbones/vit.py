@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlbench.api import BackboneFactory, Encoder
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import BACKBONES
 from mtlbench.tasks import Task
@@ -50,11 +51,11 @@ class ViTTinyConfig:
     pretrained: bool = False  # download ImageNet weights through timm's hub (needs internet)
     pretrained_file: str | None = None  # a local timm checkpoint (.safetensors, .pth, .bin)
     normalize: bool = True  # map [0, 1] images with the checkpoint's mean/std (0.5, 0.5)
-    drop_path: float = 0.0  # stochastic depth in the backbone
-    head_layers: int = 2  # transformer layers in each head (the paper: 2)
-    head_dropout: float = 0.1  # dropout in the head's transformer layers (Segmenter: 0.1)
-    n_reg_queries: int = 128  # N_reg of the regression head (the paper: 128)
-    reg_hidden: int = 128  # hidden width of the regression head's MLP
+    drop_path: float = option(0.0, ge=0, lt=1)  # stochastic depth in the backbone
+    head_layers: int = option(2, ge=1)  # transformer layers in each head (the paper: 2)
+    head_dropout: float = option(0.1, ge=0, lt=1)  # dropout in the head's transformer layers (Segmenter: 0.1)
+    n_reg_queries: int = option(128, ge=1)  # N_reg of the regression head (the paper: 128)
+    reg_hidden: int = option(128, ge=1)  # hidden width of the regression head's MLP
 
     def validate(self) -> None:
         if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
@@ -155,22 +156,94 @@ class MaskTransformerHead(nn.Module):
         return F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False)
 
 
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_state_dict(path: Path, what: str, hint: str) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (weights only).
+
+    Unwraps training checkpoints (``{"model": ...}``, ``{"state_dict": ...}``) and
+    DataParallel's ``module.`` prefix.  Anything else is a UserError naming ``what``.
+    """
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist"
+                        + (" (it is a directory)" if path.is_dir() else ""), hint=hint)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, safetensors and weights_only errors come in many types
+        raise UserError(f"{what} {str(path)!r} is not a readable checkpoint ({_short(exc)})",
+                        hint=hint) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd:
+        raise UserError(f"{what} {str(path)!r} holds "
+                        + ("an empty mapping" if isinstance(sd, dict) else f"a {type(sd).__name__}")
+                        + ", not a state dict of weights", hint=hint)
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{what} {str(path)!r} is not a state dict: {len(bad)} entr"
+                        f"{'y is' if len(bad) == 1 else 'ies are'} not named tensors (e.g. {bad[0]!r})",
+                        hint=hint)
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def load_weights_strictly(module: nn.Module, sd: dict[str, torch.Tensor], what: str, hint: str) -> None:
+    """Load ``sd`` into ``module``; every missing, unexpected or misshapen key is a UserError.
+
+    A partial load would train mostly random weights while the record names the
+    file, so nothing short of a full match is accepted.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the backbone's {len(own)} weights missing ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) != 1 else ''} "
+                         f"({_few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} of other shape (file vs backbone: {_few(shapes, 2)})")
+        raise UserError(f"{what} does not fit the backbone: " + "; ".join(parts), hint=hint)
+    module.load_state_dict(sd, strict=False)  # checked above
+
+
 def _create_vit(cfg: ViTTinyConfig) -> nn.Module:
     import timm
 
     kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=cfg.drop_path)
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file).expanduser()
-        if not path.is_file():
-            raise UserError(f"backbone.pretrained_file {str(path)!r} does not exist",
-                            hint="point it at a timm ViT-tiny checkpoint (.safetensors, .pth or .bin)")
-        try:
-            return timm.create_model(TIMM_NAME, pretrained=True,
-                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"could not load backbone.pretrained_file {str(path)!r} as "
-                            f"{TIMM_NAME} weights: {str(exc).splitlines()[0][:300]}",
-                            hint="the file must hold a timm ViT-tiny (patch 16, dim 192) state dict") from exc
+        hint = "point it at a timm ViT-tiny checkpoint (patch 16, dim 192; .safetensors, .pth or .bin)"
+        what = f"backbone.pretrained_file {str(path)!r}"
+        sd = read_state_dict(path, "backbone.pretrained_file", hint)
+        model = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        try:  # timm's own conversions: other checkpoint layouts, position embeddings of another size
+            sd = checkpoint_filter_fn(sd, model)
+        except Exception as exc:  # noqa: BLE001 - whatever the conversion trips on, the file is the cause
+            raise UserError(f"{what} is not a {TIMM_NAME} checkpoint ({_short(exc)})", hint=hint) from exc
+        # The ImageNet classifier is not part of the encoder (num_classes=0), as in timm's own loading.
+        classifier = model.pretrained_cfg.get("classifier", "head")
+        sd = {k: v for k, v in sd.items() if not k.startswith(classifier + ".")}
+        load_weights_strictly(model, sd, what, hint)
+        return model
     if cfg.pretrained:
         try:
             return timm.create_model(TIMM_NAME, pretrained=True, **kwargs)
@@ -192,12 +265,27 @@ class ViTTiny(BackboneFactory):
     size_multiple = 16
 
     def encoder(self, tasks):
-        return ViTEncoder(_create_vit(self.cfg), self.cfg.normalize)
+        enc = ViTEncoder(_create_vit(self.cfg), self.cfg.normalize)
+        self._embed_dim = enc.out_channels
+        return enc
+
+    @property
+    def embed_dim(self) -> int:
+        """The encoder's token width (192 for ViT-tiny): the heads' input width."""
+        dim = getattr(self, "_embed_dim", None)
+        if dim is None:
+            import timm
+
+            # Heads built before any encoder: read the width off a weightless model.
+            with torch.device("meta"):
+                dim = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0).embed_dim
+            self._embed_dim = dim
+        return dim
 
     def head(self, task: Task) -> nn.Module:
         classify = task.kind == "classification"
         return MaskTransformerHead(
-            192, task.channels, classify=classify,
+            self.embed_dim, task.channels, classify=classify,
             n_queries=task.channels if classify else self.cfg.n_reg_queries,
             n_layers=self.cfg.head_layers, dropout=self.cfg.head_dropout,
             hidden=self.cfg.reg_hidden)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from mtlbench.api import Method, StepOutput
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 
@@ -34,11 +35,7 @@ from mtlbench.registry import METHODS
 class DWAConfig:
     """Options of ``dwa``."""
 
-    T: float = 2.0  # softmax temperature (MTAN, LibMTL: 2); larger T -> weights closer to 1
-
-    def validate(self) -> None:
-        if not (self.T > 0 and math.isfinite(self.T)):
-            raise ValueError(f"T must be a positive number, got {self.T} (the paper uses T=2)")
+    T: float = option(2.0, gt=0)  # softmax temperature (MTAN, LibMTL: 2); larger T -> weights closer to 1
 
 
 def dwa_weights(prev: Mapping[str, float], prev2: Mapping[str, float], T: float,

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mtlbench.api import Method, StepOutput
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 FORMS = ("paper", "libmtl")
@@ -46,17 +47,9 @@ class UWConfig:
     """Options of ``uw``."""
 
     # paper: e^-s·L + s/2 for classification, ½e^-s·L + s/2 for regression | libmtl: ½ form for all
-    form: str = "paper"
-    init_log_var: float = -0.5  # initial s = log σ² of every task (MTAN/LibMTL: -0.5)
-    s_lr: float | None = None  # peak learning rate of the s group (None: train.lr)
-
-    def validate(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"form must be one of {', '.join(FORMS)}, got {self.form!r}")
-        if not math.isfinite(self.init_log_var):
-            raise ValueError(f"init_log_var must be finite, got {self.init_log_var}")
-        if self.s_lr is not None and not self.s_lr > 0:
-            raise ValueError(f"s_lr must be positive (or null for train.lr), got {self.s_lr}")
+    form: str = option("paper", choices=FORMS)
+    init_log_var: float = option(-0.5)  # initial s = log σ² of every task (MTAN/LibMTL: -0.5); finite
+    s_lr: float | None = option(None, gt=0, example=0.025)  # peak lr of the s group (None: train.lr)
 
 
 @METHODS.register("uw", aliases=("uncertainty",))

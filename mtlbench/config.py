@@ -15,7 +15,34 @@ against that plugin's ``Config`` dataclass) and ``train`` (validated against
 of the wrong type is a :class:`~mtlbench.errors.UserError` naming the key, the
 layer it came from and the valid keys.  When a layer switches a section's
 plugin (``--method okd`` over a preset that chose ``baseline``), keys of lower
-layers that the new plugin does not know are dropped, not reported.
+layers that the new plugin does not know are dropped if a preset set them;
+if the user did (a ``--config`` file, a flag, ``--set``) that is an error
+naming the keys, since they would otherwise vanish in silence.
+
+Ranges and choices
+------------------
+Every option declares its allowed values once, beside its default, with
+:func:`option` (a :func:`dataclasses.field` carrying a :class:`Check`)::
+
+    @dataclass
+    class MyConfig:
+        T: float = option(2.0, gt=0)                          # a positive number
+        alpha: float = option(0.5, ge=0, le=1)                # in [0, 1]
+        steps: int | None = option(None, ge=1)                # None, or an int >= 1
+        form: str = option("paper", choices=("paper", "libmtl"))
+        rates: list[int] = option([12, 24, 36], ge=1, min_items=1)  # each element >= 1
+        lr: float | None = option(None, gt=0, example=0.025)  # example for the hint
+
+:func:`build_dataclass` checks every given value while the config resolves,
+before any model or data is built; a violation is a ``UserError`` naming the
+key, the layer it came from, the allowed range or choices and an example
+(``hint: e.g. --set method.T=2.0``).  ``None`` passes when the type allows it;
+bounds and choices apply to each element of a list; floats must be finite
+(``finite=False`` allows inf/nan).  An option added after records exist can
+pass ``hash_default=False``: at its default it is left out of the config hash
+(:func:`identity_data`), so older records keep their identity.  A plugin may
+still define ``validate(self)`` raising ``ValueError`` for rules that tie
+several options together; it runs after the per-option checks.
 """
 from __future__ import annotations
 
@@ -23,6 +50,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -45,36 +73,198 @@ TOP_LEVEL_KEYS = ("seed", "preset", "method", "backbone", "dataset", "train")
 RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress")
 
 
+# ---------------------------------------------------------------------------
+# ranges and choices of options
+# ---------------------------------------------------------------------------
+
+#: the key of an option's :class:`Check` in its dataclass field's metadata
+CHECK_KEY = "mtlbench.check"
+_MISSING = dataclasses.MISSING
+
+
+class _Unset:
+    """No example given (``dataclasses.MISSING`` cannot be a dataclass default)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class Check:
+    """The allowed values of one option (see :func:`option`)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    min_items: int | None = None  # lists: at least this many elements
+    finite: bool = True  # floats must be finite
+    example: Any = UNSET  # a valid value for the hint (default: the option's default)
+    hash_default: bool = True  # False: at its default, the key is left out of the config hash
+
+    def describe(self) -> str:
+        """The allowed values in words: ``"a positive number (> 0)"``, ``"in [0, 1)"``, ``"one of: a, b"``."""
+        if self.choices is not None:
+            return "one of: " + ", ".join(_flow(c) for c in self.choices)
+        lo = (f"[{_num(self.ge)}" if self.ge is not None else
+              f"({_num(self.gt)}" if self.gt is not None else None)
+        hi = (f"{_num(self.le)}]" if self.le is not None else
+              f"{_num(self.lt)})" if self.lt is not None else None)
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo == "(0":
+            return "a positive number (> 0)"
+        if lo == "[0":
+            return "a non-negative number (>= 0)"
+        if lo:
+            return (">= " if lo[0] == "[" else "> ") + lo[1:]
+        if hi:
+            return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+        return "a finite number" if self.finite else "any value"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` (of the right type) is not allowed, or None when it is."""
+        if value is None:
+            return None  # the type annotation decided whether None is allowed
+        if isinstance(value, (list, tuple)):
+            if self.min_items is not None and len(value) < self.min_items:
+                return (f"must hold at least {self.min_items} element{'s' if self.min_items != 1 else ''}"
+                        f"{', each ' + self.describe() if self._constrains() else ''}")
+            for i, v in enumerate(value):
+                why = self.problem(v)
+                if why:
+                    return f"element {i} ({_flow(v)}) {why}"
+            return None
+        if self.choices is not None:
+            return None if value in self.choices else f"must be {self.describe()}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.finite and not math.isfinite(value):
+                d = self.describe() if self._bounded() else ""
+                return ("must be a finite" + d[1:] if d.startswith("a ")
+                        else "must be a finite number" + (f" {d}" if d else ""))
+            ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                  and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+            return None if ok else f"must be {self.describe()}"
+        return None
+
+    def _bounded(self) -> bool:
+        return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+
+    def _constrains(self) -> bool:
+        return self._bounded() or self.choices is not None
+
+
+def option(default: Any = _MISSING, *, default_factory: Any = _MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, choices=None, min_items: int | None = None,
+           finite: bool = True, example: Any = UNSET, hash_default: bool = True) -> Any:
+    """A dataclass field with its allowed values: ``epochs: int = option(10, ge=1)``.
+
+    ``ge``/``gt``/``le``/``lt``: bounds of a number (or of each element of a
+    list); ``choices``: the allowed values; ``min_items``: the shortest list;
+    ``finite=False`` allows inf and nan; ``example``: a valid value shown in
+    the error's hint (default: ``default``); ``hash_default=False``: leave the
+    key out of the config hash while it holds its default (for options added
+    after records exist).  A list or dict default is copied per instance.
+    """
+    check = Check(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None,
+                  min_items=min_items, finite=finite, example=example, hash_default=hash_default)
+    meta = {CHECK_KEY: check}
+    if default_factory is not _MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    if default is _MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def option_check(f: dataclasses.Field) -> Check | None:
+    """The :class:`Check` of a dataclass field declared with :func:`option`, if any."""
+    return f.metadata.get(CHECK_KEY) if f.metadata else None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _flow(v: Any) -> str:
+    """``v`` as a YAML flow scalar, as a user would write it after ``--set key=``."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_flow(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _MISSING
+
+
+def _example(f: dataclasses.Field, check: Check | None) -> Any:
+    """A valid value of field ``f`` for a hint, or _MISSING."""
+    if check is not None and check.example is not UNSET:
+        return check.example
+    d = _field_default(f)
+    if d is not _MISSING and d is not None and (check is None or check.problem(d) is None):
+        return d
+    if check is not None:
+        if check.choices:
+            return check.choices[0]
+        if check.ge is not None:
+            return check.ge
+    return _MISSING
+
+
+def _hint(section: str, f: dataclasses.Field, check: Check | None) -> str | None:
+    ex = _example(f, check)
+    if ex is _MISSING:
+        return None
+    return f"e.g. --set {section}.{f.name}={_flow(ex)}"
+
+
 @dataclass
 class TrainConfig:
     """The trainer's options (the paper §4.0.1: AdamW, OneCycleLR, lr 1e-3)."""
 
-    epochs: int = 10
-    batch_size: int = 8  # the paper does not state its batch size
-    lr: float = 1e-3  # OneCycleLR peak learning rate (the paper's "initial lr")
-    weight_decay: float = 0.01  # AdamW's default
-    scheduler: str = "onecycle"  # onecycle | constant
-    pct_start: float = 0.3  # OneCycleLR warm-up share of the steps
-    eval_every: int = 1  # evaluate on val every N epochs (and always after the last)
-    report: str = "last"  # which epoch's metrics the record reports: last | best_train_loss
+    epochs: int = option(10, ge=1)
+    batch_size: int = option(8, ge=1)  # the paper does not state its batch size
+    lr: float = option(1e-3, gt=0)  # OneCycleLR peak learning rate (the paper's "initial lr")
+    weight_decay: float = option(0.01, ge=0)  # AdamW's default
+    # the model's optimiser (the paper: AdamW); methods with their own optimisers keep theirs
+    optimizer: str = option("adamw", choices=("adamw", "adam"), hash_default=False)
+    scheduler: str = option("onecycle", choices=("onecycle", "constant"))
+    pct_start: float = option(0.3, gt=0, lt=1)  # OneCycleLR warm-up share of the steps
+    eval_every: int = option(1, ge=0)  # evaluate on val every N epochs (0: only after the last)
+    report: str = option("last", choices=("last", "best_train_loss"))  # which epoch the record reports
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (the backbone's choice for the device) | bf16 | fp32
+    amp: str = option("auto", choices=("auto", "bf16", "fp32"))  # auto: the backbone's choice for the device
     channels_last: bool | None = None  # None: the backbone's choice for the device
-    max_steps_per_epoch: int | None = None  # cap the steps of an epoch (smoke tests)
-    log_every: int = 1  # record per-step logs (losses, weights) every N steps
-    grad_clip: float | None = None  # clip the global gradient norm (off in the paper)
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    progress: str = "auto"  # auto (rich bars on a terminal) | plain | none
+    max_steps_per_epoch: int | None = option(None, ge=1, example=2)  # cap the steps of an epoch (smoke tests)
+    log_every: int = option(1, ge=0)  # record per-step logs (losses, weights) every N steps (0: never)
+    # clip the gradient norm (off in the paper)
+    grad_clip: float | None = option(None, gt=0, example=1.0)
+    threads: int | None = option(None, ge=1, example=2)  # torch CPU threads (None: torch's default)
+    progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
 
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "preset": "quick",
-    "method": {"name": "baseline"},
-    "backbone": {"name": "vit_tiny"},
-    "dataset": {"name": "synthetic"},
-    "train": {},
-}
+#: the built-in defaults: seed, preset and which plugins run when nothing says otherwise;
+#: the plugin names are data (``presets/_defaults.yaml``), not code
+DEFAULTS: dict[str, Any] = yaml.safe_load((PRESET_DIR / "_defaults.yaml").read_text())
 
 
 class _Loader(yaml.SafeLoader):
@@ -131,29 +321,47 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def load_yaml(path: str | Path, what: str) -> dict:
-    p = Path(path)
+    """Read a YAML mapping of config keys; every way a file can be wrong is a UserError."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a directory, not a YAML file",
+                        hint="pass the experiment file itself, e.g. --config DIR/exp.yaml")
     if not p.is_file():
-        raise UserError(f"{what} {str(p)!r} does not exist", hint="check the path")
+        raise UserError(f"{what} {str(p)!r} does not exist" if not p.exists()
+                        else f"{what} {str(p)!r} is not a regular file", hint="check the path")
     try:
-        data = yaml_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}",
+                        hint="check the file's permissions") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {str(p)!r} is not a text file (not UTF-8 at byte {exc.start})",
+                        hint="pass a YAML file of config keys, e.g. `train: {epochs: 5}`") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{what} {str(p)!r} is not valid YAML: {exc}") from exc
+        raise UserError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise UserError(f"{what} {str(p)!r} must hold a mapping of config keys at the top level")
+        raise UserError(f"{what} {str(p)!r} must hold a mapping of config keys at the top level, "
+                        f"not a {type(data).__name__}", hint="e.g. `train: {epochs: 5}`")
     return data
 
 
 def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
-    if not p.is_file():
-        known = sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
+    if not p.is_file() or name.startswith("_"):
+        known = available_presets()
         raise UserError(f"unknown preset {name!r}; presets: {', '.join(known)}",
                         hint="pass --preset with one of those names")
     return p
 
 
 def available_presets() -> list[str]:
-    return sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
+    return sorted(q.stem for q in PRESET_DIR.glob("*.yaml") if not q.stem.startswith("_"))
 
 
 def _dotted_items(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -194,8 +402,11 @@ class Layers:
             if top in (*PLUGIN_SECTIONS, "train"):
                 if isinstance(value, str) and top in PLUGIN_SECTIONS:
                     return self.set(f"{top}.name", value, origin)
+                if isinstance(value, dict):
+                    return self.apply({top: value}, origin)
                 raise UserError(f"config key {key!r} (from {origin}) must be a mapping of "
-                                f"{top} options, got {value!r}")
+                                f"{top} options, got {value!r}",
+                                hint=f"e.g. --set {top}.KEY=VALUE, or `{top}: {{KEY: VALUE}}` in a file")
             self.data[top] = value
             self.origin[top] = origin
             return
@@ -213,13 +424,39 @@ class Layers:
                 raise UserError(f"{key} (from {origin}): {exc}") from None
             if new != section.get("name"):
                 fields = {f.name for f in dataclasses.fields(plugin_config_class(top, new))}
-                for k in list(section):
-                    if k != "name" and k not in fields:
-                        del section[k]
-                        self.origin.pop(f"{top}.{k}", None)
+                dropped = [k for k in section if k != "name" and k not in fields]
+                # A preset's keys of the old plugin go quietly; the user's would vanish in silence.
+                mine = [k for k in dropped if not _quiet_origin(self.origin.get(f"{top}.{k}", "defaults"))]
+                if mine:
+                    raise _dropped_error(top, section.get("name"), new, origin, mine, self.origin,
+                                         sorted(fields))
+                for k in dropped:
+                    del section[k]
+                    self.origin.pop(f"{top}.{k}", None)
             value = new
         section[sub] = value
         self.origin[key] = origin
+
+
+def _quiet_origin(origin: str) -> bool:
+    """Layers whose keys of a replaced plugin may be dropped without a word."""
+    return origin == "defaults" or origin.startswith("preset ")
+
+
+def _dropped_error(section: str, old: str | None, new: str, origin: str, keys: list[str],
+                   origins: dict[str, str], valid: list[str]) -> UserError:
+    by_origin: dict[str, list[str]] = {}
+    for k in keys:
+        by_origin.setdefault(origins.get(f"{section}.{k}", "?"), []).append(f"{section}.{k}")
+    where = "; ".join(f"{', '.join(ks)} (from {o})" for o, ks in by_origin.items())
+    valid_keys = [k for k in valid if k != "name"]
+    files = [o.removeprefix("config file ") for o in by_origin if o.startswith("config file ")]
+    fix = (f"remove {'them' if len(keys) > 1 else 'it'} from {', '.join(files)}" if files
+           else f"drop the {section} option{'s' if len(keys) > 1 else ''}")
+    return UserError(
+        f"{origin} replaces {section} {old!r} by {new!r}, which has no option "
+        f"{', '.join(k for k in keys)}: {where} would be ignored",
+        hint=f"{fix}, or do not switch {section} ({new}'s options: {', '.join(valid_keys) or '(none)'})")
 
 
 # ---------------------------------------------------------------------------
@@ -231,6 +468,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is Any:
         return True, value
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _type_ok(value, typing.get_args(tp)[0])
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             ok, v = _type_ok(value, arg)
@@ -254,7 +493,19 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
             out.append(cv)
         return True, list(out)
     if origin is dict or tp is dict:
-        return isinstance(value, dict), value
+        if not isinstance(value, dict):
+            return False, value
+        args = typing.get_args(tp)
+        if not args:
+            return True, value
+        out_d = {}
+        for k, v in value.items():
+            ok_k, ck = _type_ok(k, args[0])
+            ok_v, cv = _type_ok(v, args[1])
+            if not (ok_k and ok_v):
+                return False, value
+            out_d[ck] = cv
+        return True, out_d
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
@@ -273,7 +524,12 @@ def _type_name(tp: Any) -> str:
 
 
 def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, str]):
-    """Validate ``values`` against dataclass ``cls`` and instantiate it."""
+    """Validate ``values`` against dataclass ``cls`` and instantiate it.
+
+    Checks, in order: unknown keys, types (the field annotations), each
+    option's :class:`Check` (ranges, choices; floats finite), then the
+    instance's ``validate()`` if it has one.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -284,16 +540,22 @@ def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, st
         if key not in fields:
             import difflib
 
-            close = difflib.get_close_matches(key, list(fields), n=2)
+            close = difflib.get_close_matches(str(key), list(fields), n=2)
             raise UserError(
                 f"unknown config key {section}.{key} (from {where})"
                 + (f"; did you mean {', '.join(section + '.' + c for c in close)}?" if close else "")
                 + f"\n  valid keys of {section}: {', '.join(sorted(fields)) or '(none)'}")
+        f = fields[key]
+        check = option_check(f)
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise UserError(
-                f"config key {section}.{key} (from {where}) must be of type "
-                f"{_type_name(hints[key])}, got {value!r}")
+                f"config key {section}.{key} must be of type {_type_name(hints[key])}; "
+                f"got {value!r} (from {where})", hint=_hint(section, f, check))
+        why = check.problem(coerced) if check is not None else _finite_problem(coerced)
+        if why:
+            raise UserError(f"config key {section}.{key} {why}; got {_flow(value)} (from {where})",
+                            hint=_hint(section, f, check))
         kwargs[key] = coerced
     try:
         obj = cls(**kwargs)
@@ -306,6 +568,36 @@ def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, st
         except ValueError as exc:
             raise UserError(f"invalid {section} config: {exc}") from exc
     return obj
+
+
+def _finite_problem(value: Any) -> str | None:
+    """Floats of options without a :class:`Check` must be finite too (nan/inf are never meant)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if _finite_problem(v):
+                return f"element {i} ({_flow(v)}) must be a finite number"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _finite_problem(v):
+                return f"entry {k} ({_flow(v)}) must be a finite number"
+    return None
+
+
+def check_options(obj: Any, section: str = "config") -> None:
+    """Check every field of a built config dataclass against its :func:`option` declaration.
+
+    Raises a ``UserError`` like the resolver's.  For configs built outside the
+    resolver (tests, ``test_overrides``); the resolver checks each value as it comes.
+    """
+    for f in dataclasses.fields(obj):
+        check = option_check(f)
+        value = getattr(obj, f.name)
+        why = check.problem(value) if check is not None else _finite_problem(value)
+        if why:
+            raise UserError(f"config key {section}.{f.name} {why}; got {_flow(value)}",
+                            hint=_hint(section, f, check))
 
 
 # ---------------------------------------------------------------------------
@@ -352,9 +644,42 @@ def _strip_runtime(data: dict) -> dict:
     return d
 
 
+def _section_class(section: str, sec: dict) -> type | None:
+    if section == "train":
+        return TrainConfig
+    try:
+        return plugin_config_class(section, sec.get("name"))
+    except Exception:  # a plugin this install lacks, or a broken record: nothing to drop
+        return None
+
+
+def identity_data(data: dict) -> dict:
+    """The part of a resolved config that identifies a run.
+
+    Runtime keys (:data:`RUNTIME_KEYS`) are removed, and so are options declared
+    with ``option(..., hash_default=False)`` while they hold their default: a
+    record written before such an option existed has the same identity as one
+    written after with the default.  Compare two configs' settings on this.
+    """
+    d = _strip_runtime(data)
+    for section in ("train", *PLUGIN_SECTIONS):
+        sec = d.get(section)
+        if not isinstance(sec, dict):
+            continue
+        cls = _section_class(section, sec)
+        if cls is None:
+            continue
+        for f in dataclasses.fields(cls):
+            check = option_check(f)
+            if check is not None and not check.hash_default and f.name in sec \
+                    and sec[f.name] == _field_default(f):
+                del sec[f.name]
+    return d
+
+
 def config_hash(data: dict) -> str:
     """A stable 10-hex-digit hash of everything that changes what a run computes."""
-    blob = json.dumps(_strip_runtime(data), sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(identity_data(data), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -388,9 +713,13 @@ def resolve(*, preset: str | None = None, config_file: str | None = None,
     wins over a ``preset`` key in the config file, which wins over the default.
     """
     file_data = load_yaml(config_file, "config file") if config_file else {}
-    preset_name = preset or file_data.get("preset") or DEFAULTS["preset"]
-    if not isinstance(preset_name, str):
-        raise UserError(f"preset (from config file {config_file}) must be a preset name")
+    file_preset = file_data.get("preset")
+    if file_preset is not None:  # checked even when --preset wins over it
+        if not isinstance(file_preset, str):
+            raise UserError(f"preset (from config file {config_file}) must be a preset name, got "
+                            f"{file_preset!r}", hint=f"presets: {', '.join(available_presets())}")
+        preset_path(file_preset)
+    preset_name = preset or file_preset or DEFAULTS["preset"]
     layers = Layers()
     pdata = load_yaml(preset_path(preset_name), f"preset {preset_name!r}")
     layers.apply(pdata, f"preset {preset_name!r} ({preset_path(preset_name).name})")

@@ -2,7 +2,9 @@
 
 Shapes, the dilation pattern, MTAN's attention, parameter counts against the
 reference facts (§10-11), pretrained loading, the layer-by-layer API that
-Cross-Stitch uses, and one baseline training step per backbone.  Shape tests
+Cross-Stitch uses, and one baseline training step per backbone.  Pretrained
+weights of ``vit_tiny`` follow the same all-or-nothing rules and are tested
+here too, with its heads' input width.  Shape tests
 shrink the heads (``aspp_channels``); counts are taken on the meta device.
 """
 from __future__ import annotations
@@ -185,12 +187,115 @@ def test_pretrained_file_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         factory("deeplabv3", pretrained_file=str(tmp_path / "missing.pth")).encoder(["semseg"])
     bad = tmp_path / "bad.pth"
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, bad)
-    with pytest.raises(UserError, match="not a ResNet-50 state dict"):
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(2)}, bad)
+    with pytest.raises(UserError) as e:
         factory("deeplabv3", pretrained_file=str(bad)).encoder(["semseg"])
+    msg = str(e.value)
+    assert "not a ResNet-50 state dict" in msg and "1 unexpected key (head.weight)" in msg
+    # every weight but conv1.weight is missing; BatchNorm's counters may be absent (legacy files)
+    assert "weights missing (bn1.weight, bn1.bias, bn1.running_mean, ...)" in msg
+    text = tmp_path / "notes.pth"
+    text.write_text("a text file renamed .pth\n")
+    with pytest.raises(UserError, match=r"(?s)notes\.pth.*not a readable checkpoint"):
+        factory("deeplabv3", pretrained_file=str(text)).encoder(["semseg"])
+    shaped = tmp_path / "shaped.pth"
+    from torchvision.models import resnet50
+
+    sd = resnet50(weights=None).state_dict()
+    sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(sd, shaped)
+    with pytest.raises(UserError, match=r"1 of other shape .*conv1.weight \(64, 3, 3, 3\) vs \(64, 3, 7, 7\)"):
+        factory("deeplabv3", pretrained_file=str(shaped)).encoder(["semseg"])
     cls = BACKBONES.get("deeplabv3")
     with pytest.raises(UserError, match="must end in"):
         build_dataclass(cls.Config, {"pretrained_file": "weights.safetensors"}, "backbone", {})
+
+
+def test_legacy_state_dict_without_batchnorm_counters_loads(tmp_path):
+    from torchvision.models import resnet50
+
+    ref = resnet50(weights=None).state_dict()
+    path = tmp_path / "resnet50-legacy.pth"
+    torch.save({k: v for k, v in ref.items() if not k.endswith("num_batches_tracked")}, path)
+    enc = factory("deeplabv3", pretrained_file=str(path)).encoder(["semseg"])
+    assert torch.equal(enc.resnet.conv1.weight, ref["conv1.weight"])
+
+
+# ---------------------------------------------------------------------------
+# vit_tiny's pretrained weights follow the same rules: all or nothing
+# ---------------------------------------------------------------------------
+
+def _vit(**cfg):
+    cls = BACKBONES.get("vit_tiny")
+    return cls(cls.Config(**cfg), {"semseg": SemSeg(13)})
+
+
+def test_vit_pretrained_file_loads_pth_and_safetensors(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000)  # with its classifier
+    torch.save({"model": ref.state_dict()}, tmp_path / "vit.pth")  # a wrapped training checkpoint
+    save_file(ref.state_dict(), str(tmp_path / "vit.safetensors"))
+    for name in ("vit.pth", "vit.safetensors"):
+        enc = _vit(pretrained_file=str(tmp_path / name)).encoder(["semseg"])
+        got = enc.vit.state_dict()
+        assert set(got) == {k for k in ref.state_dict() if not k.startswith("head.")}
+        for k, v in got.items():
+            assert torch.equal(v, ref.state_dict()[k]), (name, k)
+
+
+def test_vit_pretrained_file_that_does_not_fit_is_an_error(tmp_path):
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    sd = vit.state_dict()
+    n = len(sd)
+    renamed = tmp_path / "renamed.pth"
+    torch.save({f"backbone.{k}": v for k, v in sd.items()}, renamed)  # keys under another prefix
+    with pytest.raises(UserError) as e:
+        _vit(pretrained_file=str(renamed)).encoder(["semseg"])
+    msg = str(e.value)
+    assert str(renamed) in msg and f"{n} of the backbone's {n} weights missing (cls_token, pos_embed" in msg
+    assert f"{n} unexpected keys (backbone.cls_token" in msg
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in sd.items() if not k.startswith("blocks.11.")}, partial)
+    with pytest.raises(UserError, match=r"weights missing \(blocks\.11\."):
+        _vit(pretrained_file=str(partial)).encoder(["semseg"])
+    wide = tmp_path / "small.pth"
+    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), wide)
+    with pytest.raises(UserError, match=r"of other shape .*cls_token \(1, 1, 384\) vs \(1, 1, 192\)"):
+        _vit(pretrained_file=str(wide)).encoder(["semseg"])
+
+
+@pytest.mark.parametrize("content,why", [(b"a text file renamed\n", "not a readable checkpoint"),
+                                         (b"", "not a readable checkpoint")])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
+def test_vit_pretrained_file_that_is_not_a_checkpoint(tmp_path, content, why, suffix):
+    path = tmp_path / f"weights{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=why) as e:
+        _vit(pretrained_file=str(path)).encoder(["semseg"])
+    assert str(path) in str(e.value) and "backbone.pretrained_file" in str(e.value)
+
+
+def test_vit_pretrained_file_holding_something_else(tmp_path):
+    path = tmp_path / "numbers.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(UserError, match="holds a list, not a state dict"):
+        _vit(pretrained_file=str(path)).encoder(["semseg"])
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(UserError, match="not named tensors"):
+        _vit(pretrained_file=str(path)).encoder(["semseg"])
+
+
+def test_vit_heads_take_the_encoders_width():
+    f = _vit()
+    head = f.head(SemSeg(13))  # before any encoder: the width comes from a weightless model
+    assert f.embed_dim == 192 and head.proj_in.in_features == 192
+    f._embed_dim = 96  # an encoder of another width (as a larger ViT would set it)
+    assert f.head(SemSeg(13)).proj_in.in_features == 96
 
 
 def test_pretrained_offline_points_at_pretrained_file(tmp_path, monkeypatch):

@@ -114,3 +114,180 @@ def test_missing_config_file_and_bad_preset():
         resolve(config_file="/nonexistent/exp.yaml")
     with pytest.raises(UserError, match="unknown preset 'fast'"):
         resolve(preset="fast")
+
+
+# ---------------------------------------------------------------------------
+# ranges and choices declared with option()
+# ---------------------------------------------------------------------------
+
+def test_option_declares_range_and_the_message_names_key_origin_range_and_example():
+    with pytest.raises(UserError) as e:
+        resolve(sets=["train.lr=-1"])
+    msg = str(e.value)
+    assert "train.lr" in msg and "--set train.lr=-1" in msg and "> 0" in msg
+    assert "hint: e.g. --set train.lr=0.001" in msg  # the default is the example
+    with pytest.raises(UserError) as e:
+        resolve(flags=[("train.epochs", 0, "--epochs")])
+    assert "train.epochs must be >= 1; got 0 (from --epochs)" in str(e.value)
+
+
+def test_option_choices_fail_at_resolution_with_the_choices(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("train:\n  report: bogus\n")
+    with pytest.raises(UserError) as e:
+        resolve(config_file=str(f))
+    msg = str(e.value)
+    assert "train.report" in msg and "last, best_train_loss" in msg and str(f) in msg
+    assert "--set train.report=last" in msg
+
+
+def test_option_bounds_open_closed_and_optional():
+    assert resolve(sets=["train.grad_clip=null"]).train.grad_clip is None  # None: off
+    assert resolve(sets=["train.grad_clip=0.5"]).train.grad_clip == 0.5
+    assert resolve(sets=["train.log_every=0"]).train.log_every == 0  # ge=0 includes 0
+    for bad in ("train.pct_start=0", "train.pct_start=1", "train.grad_clip=0", "train.threads=0"):
+        with pytest.raises(UserError, match=bad.partition("=")[0]):
+            resolve(sets=[bad])
+    assert resolve(sets=["train.pct_start=0.999"]).train.pct_start == 0.999
+
+
+def test_floats_must_be_finite_even_without_a_declared_range():
+    with pytest.raises(UserError, match="finite"):
+        resolve(sets=["train.lr=.inf"])
+    with pytest.raises(UserError, match="method.init_log_var.*finite"):
+        resolve(flags=[("method.name", "uw", "--method")], sets=["method.init_log_var=.nan"])
+
+
+def test_option_on_a_plugin_config_and_lists():
+    from dataclasses import dataclass
+
+    from mtlbench.config import Check, build_dataclass, check_options, option, option_check
+
+    @dataclass
+    class Cfg:
+        T: float = option(2.0, gt=0)
+        rates: list[int] = option([1, 2], ge=1, min_items=1)
+        form: str = option("a", choices=("a", "b"))
+        s_lr: float | None = option(None, gt=0, example=0.025)
+
+    a, b = Cfg(), Cfg()
+    a.rates.append(3)
+    assert b.rates == [1, 2]  # the list default is copied per instance
+    assert build_dataclass(Cfg, {"T": 1, "rates": [4]}, "method", {}).T == 1.0
+    with pytest.raises(UserError) as e:
+        build_dataclass(Cfg, {"rates": [2, 0]}, "method", {"method.rates": "--set method.rates=[2,0]"})
+    assert "method.rates element 1 (0) must be >= 1" in str(e.value) and "--set method.rates=[2,0]" in str(e.value)
+    with pytest.raises(UserError, match="at least 1 element"):
+        build_dataclass(Cfg, {"rates": []}, "method", {})
+    with pytest.raises(UserError) as e:
+        build_dataclass(Cfg, {"s_lr": 0}, "method", {})
+    assert "e.g. --set method.s_lr=0.025" in str(e.value)
+    with pytest.raises(UserError, match="one of: a, b"):
+        build_dataclass(Cfg, {"form": "c"}, "method", {})
+    bad = Cfg(T=-1.0)
+    with pytest.raises(UserError, match="method.T"):
+        check_options(bad, "method")
+    assert isinstance(option_check(__import__("dataclasses").fields(Cfg)[0]), Check)
+    assert option_check(__import__("dataclasses").fields(Cfg)[0]).describe() == "a positive number (> 0)"
+
+
+def test_validate_still_runs_after_the_option_checks():
+    from dataclasses import dataclass
+
+    from mtlbench.config import build_dataclass, option
+
+    @dataclass
+    class Cfg:
+        lo: int = option(0, ge=0)
+        hi: int = option(1, ge=0)
+
+        def validate(self):
+            if self.lo > self.hi:
+                raise ValueError("lo must not exceed hi")
+
+    with pytest.raises(UserError, match="lo must not exceed hi"):
+        build_dataclass(Cfg, {"lo": 3}, "method", {})
+
+
+def test_new_option_at_its_default_keeps_old_hashes():
+    # train.optimizer is declared hash_default=False: a record written before it existed
+    # (no such key) has the hash of a config that holds the default.
+    cfg = resolve()
+    assert cfg.train.optimizer == "adamw" and cfg.data["train"]["optimizer"] == "adamw"
+    old = {**cfg.data, "train": {k: v for k, v in cfg.data["train"].items() if k != "optimizer"}}
+    assert config_hash(old) == cfg.hash
+    assert resolve(sets=["train.optimizer=adam"]).hash != cfg.hash
+    with pytest.raises(UserError, match="adamw, adam"):
+        resolve(sets=["train.optimizer=sgd"])
+
+
+# ---------------------------------------------------------------------------
+# nothing dropped in silence; files that are not config files
+# ---------------------------------------------------------------------------
+
+def test_method_flag_discarding_file_options_is_an_error(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("method:\n  name: okd\n  T: 0.05\n  afd: softmax\n")
+    with pytest.raises(UserError) as e:
+        resolve(config_file=str(f), flags=[("method.name", "baseline", "--method")])
+    msg = str(e.value)
+    assert "--method" in msg and str(f) in msg and "method.T" in msg and "method.afd" in msg
+    assert f"remove them from {f}" in msg
+    # a method with the same option keeps it
+    g = tmp_path / "dwa.yaml"
+    g.write_text("method:\n  name: okd\n  T: 0.5\n")
+    assert resolve(config_file=str(g), flags=[("method.name", "dwa", "--method")]).method.T == 0.5
+    # without name the same T is an error too (baseline has no T)
+    h = tmp_path / "noname.yaml"
+    h.write_text("method:\n  T: 0.05\n")
+    with pytest.raises(UserError, match="method.T"):
+        resolve(config_file=str(h))
+
+
+def test_set_then_switch_is_an_error_but_preset_keys_go_quietly():
+    with pytest.raises(UserError) as e:
+        resolve(flags=[("method.name", "okd", "--method")], sets=["method.T=0.05", "method.name=baseline"])
+    assert "method.T (from --set method.T=0.05)" in str(e.value)
+    # the smoke preset's synthetic-only keys are dropped when --dataset switches, as before
+    cfg = resolve(preset="smoke", flags=[("dataset.name", "nyuv2", "--dataset"), ("dataset.root", "/x", "--data-root")])
+    assert "n_train" not in cfg.data["dataset"]
+
+
+def test_set_a_whole_section_as_a_mapping():
+    cfg = resolve(sets=["method={name: okd, T: 0.5}"])
+    assert cfg.name("method") == "okd" and cfg.method.T == 0.5
+    with pytest.raises(UserError, match="must be a mapping"):
+        resolve(sets=["train=3"])
+
+
+def test_config_path_that_is_a_directory_binary_or_not_a_mapping(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        resolve(config_file=str(tmp_path))
+    b = tmp_path / "exp.yaml"
+    b.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(UserError, match="not a text file"):
+        resolve(config_file=str(b))
+    b.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        resolve(config_file=str(b))
+    b.write_text("")
+    assert resolve(config_file=str(b)).preset == "quick"  # an empty file changes nothing
+
+
+def test_preset_in_a_file_is_checked_even_when_the_flag_wins(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("preset: 5\n")
+    with pytest.raises(UserError, match="preset"):
+        resolve(preset="smoke", config_file=str(f))
+    f.write_text("preset: fast\n")
+    with pytest.raises(UserError, match="unknown preset 'fast'"):
+        resolve(preset="smoke", config_file=str(f))
+
+
+@pytest.mark.parametrize("preset", ["quick", "smoke", "paper"])
+def test_every_preset_resolves_within_the_declared_ranges(preset):
+    from mtlbench.config import check_options
+
+    cfg = resolve(preset=preset)
+    for section in ("train", "method", "backbone", "dataset"):
+        check_options(getattr(cfg, section), section)
