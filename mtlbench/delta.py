@@ -16,23 +16,30 @@ equal-weight MTL baseline ("Baseline (MTL)"), which is the default use here;
 Δ against the single-task (STL) row is obtained by passing the STL results as
 ``reference`` (the usual "Δ vs STL" of LibMTL and the MTAN README).
 
+The direction of every metric is data, passed explicitly: ``{task: {metric:
+higher_is_better}}``, from the tasks of a dataset
+(:func:`mtlbench.tasks.metric_directions`) or from a run record's ``tasks``
+entry (:func:`directions_of`).
+
 Example::
 
     from mtlbench.delta import delta, per_task_delta
 
+    directions = {"semseg": {"miou": True, "pacc": True},
+                  "depth": {"abs_err": False, "rel_err": False}}
     baseline = {"semseg": {"miou": 50.47, "pacc": 73.20},
                 "depth": {"abs_err": 0.4431, "rel_err": 0.1904}}
     ours = {"semseg": {"miou": 51.99, "pacc": 73.75},
             "depth": {"abs_err": 0.4112, "rel_err": 0.1701}}
-    delta(ours, baseline)           # a float, in percent
-    per_task_delta(ours, baseline)  # {"semseg": ..., "depth": ...}
+    delta(ours, baseline, directions)           # a float, in percent
+    per_task_delta(ours, baseline, directions)  # {"semseg": ..., "depth": ...}
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-__all__ = ["delta", "per_task_delta"]
+__all__ = ["delta", "per_task_delta", "directions_of"]
 
 Results = Mapping[str, Mapping[str, float]]
 Directions = Mapping[str, Mapping[str, bool]]
@@ -55,8 +62,9 @@ def per_task_delta(
         results: ``{task: {metric: value}}`` of the method being assessed.
         reference: the same for the reference row (the MTL baseline in the
             paper; pass the STL row for Δ against single-task learning).
-        directions: ``{task: {metric: higher_is_better}}``; defaults to
-            :data:`mtlbench.tasks.DIRECTIONS` (semseg, depth, normal).
+        directions: ``{task: {metric: higher_is_better}}`` (required: e.g.
+            :func:`mtlbench.tasks.metric_directions` of the dataset's tasks,
+            or :func:`directions_of` a run record).
 
     A metric counts when both ``results`` and ``reference`` have a value for
     it (a missing key, ``None`` or NaN skips it); a task with no such metric
@@ -64,13 +72,15 @@ def per_task_delta(
     of ``reference``.
 
     Raises:
-        ValueError: a metric present in both has no known direction, or its
-            reference value is 0 (the relative change is undefined).
+        ValueError: ``directions`` is missing, a metric present in both has no
+            known direction, or its reference value is 0 (the relative change
+            is undefined).
     """
     if directions is None:
-        from .tasks import DIRECTIONS
-
-        directions = DIRECTIONS
+        raise ValueError(
+            "delta: the metric directions are required: pass directions={task: {metric: "
+            "higher_is_better}} (mtlbench.tasks.metric_directions(dataset.tasks()), or "
+            "mtlbench.delta.directions_of(record))")
     out: dict[str, float] = {}
     for task, ref_metrics in reference.items():
         res_metrics = results.get(task)
@@ -102,6 +112,16 @@ def per_task_delta(
     return out
 
 
+def directions_of(*records: Mapping) -> dict[str, dict[str, bool]]:
+    """The metric directions that run records keep under ``record["tasks"]``, merged."""
+    out: dict[str, dict[str, bool]] = {}
+    for rec in records:
+        for task, info in (rec.get("tasks") or {}).items():
+            for metric, d in ((info or {}).get("metrics") or {}).items():
+                out.setdefault(task, {})[metric] = d == "higher"
+    return out
+
+
 def delta(results: Results, reference: Results, directions: Directions | None = None) -> float:
     """The paper's Δ (Eq. 4) of ``results`` against ``reference``, in percent.
 
@@ -110,7 +130,8 @@ def delta(results: Results, reference: Results, directions: Directions | None = 
     is better, 1 where lower is better).  Positive Δ = better than the
     reference; Δ of the reference against itself is 0.  In the paper the
     reference is the MTL baseline row; pass the STL row for Δ against
-    single-task learning.  See :func:`per_task_delta` for the arguments and
+    single-task learning.  ``directions`` is required (``{task: {metric:
+    higher_is_better}}``); see :func:`per_task_delta` for the arguments and
     for how missing metrics are handled.
 
     Raises:

@@ -1,23 +1,31 @@
 """Sweeps: run every missing run of a table, on one machine or on a Ray cluster.
 
-The plan comes from the table's spec (:func:`mtlbench.tables.build.plan_runs`):
+The plan comes from the table's spec (:func:`mtlbench.tables.plan_runs`):
 every (row, backbone, seed) and the Δ reference, each run once, ordered so that
 a run comes after the runs it loads (``stl`` before ``kd_mtl`` and okd with
-``teachers: pretrained``; ``Method.requires``).  Runs with a matching record are
+``teachers: pretrained``; ``Method.requires``).  Each :class:`~mtlbench.tables.Job`
+carries its resolved config (what is trained) and its ``mtlbench run`` command
+(what is shown, and what subprocesses run).  Runs with a matching record are
 skipped; interrupted runs resume from their last checkpoint
 (``TrainOptions(resume=True)``); a run recorded meanwhile by someone else is
-skipped (:class:`~mtlbench.trainer.RunExists`).
+skipped (:class:`~mtlbench.trainer.RunExists`).  A record file of a planned run
+that cannot be read (broken JSON, not a record) is moved aside to
+``<name>.corrupt-<time>`` (never deleted) and the run is trained again; other
+unreadable files under ``runs/`` are reported and left alone.
 
 Executors:
 
-* ``local`` (default): one run after another in this process, or ``--jobs K``
+* ``local`` (default): one run after another in this process
+  (:func:`mtlbench.trainer.train` on the job's config), or ``--jobs K``
   ``mtlbench run`` subprocesses at once (each with its log under
   ``<out>/logs/sweep/``, and ``OMP_NUM_THREADS`` = cores / K);
 * ``ray`` (``pip install -e ".[ray]"``): each run a Ray task with its CPU/GPU
-  request, on an existing cluster (``--address``) or on a local Ray instance;
-  a task's dependencies are passed to it as object refs, so Ray starts it only
-  after they finished.  On a cluster, ``--out`` must be a directory every node
-  sees (a shared filesystem) and mtlbench must be installed on every node.
+  request, given the config as a dict (rebuilt with
+  :func:`mtlbench.config.from_dict`), on an existing cluster (``--address``)
+  or on a local Ray instance; a task's dependencies are passed to it as object
+  refs, so Ray starts it only after they finished.  On a cluster, ``--out``
+  must be a directory every node sees (a shared filesystem) and mtlbench must
+  be installed on every node.
 
 Two workers never train the same run: records are written atomically at a
 path unique to the run's identity, and :func:`mtlbench.trainer.train` holds
@@ -29,7 +37,7 @@ stale lock behind.
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
 import shlex
 import subprocess
@@ -40,7 +48,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import UserError
-from .tables.build import Job, RecordIndex, Setting, TableSpec, _needs_data_root, plan_runs
+from .tables.datasets import needs_root
+from .tables.plan import BadRecord, Job, RecordIndex, Setting, plan_runs
+from .tables.spec import TableSpec
 
 EXECUTORS = ("local", "ray")
 
@@ -70,16 +80,32 @@ def parse_run_argv(argv: Sequence[str]):
     return args, cfg
 
 
-def execute(argv: Sequence[str]) -> dict:
-    """Train the run of ``mtlbench`` arguments ``argv`` here (``train`` takes its lock).
+def job_config(job: Job, *, device: str | None = None, data_root: str | Path | None = None):
+    """The job's resolved config, with ``train.device`` / ``dataset.root`` set when given
+    (runtime keys: the run's identity does not change)."""
+    from .config import from_dict
+
+    if job.config is None:
+        raise UserError(f"{job.describe()}: its config cannot be resolved here: {job.config_error}")
+    if device is None and data_root is None:
+        return job.config
+    data = copy.deepcopy(job.config.data)
+    if device is not None:
+        data["train"]["device"] = device
+    if data_root is not None:
+        data["dataset"]["root"] = str(data_root)
+    return from_dict(data)
+
+
+def execute(cfg, out: str | Path, quiet: bool = False) -> dict:
+    """Train the run of resolved config ``cfg`` here (``train`` takes its lock), resuming.
 
     Returns ``{"status": "done" | "exists", "record": path}``.
     """
     from .trainer import RunExists, TrainOptions, train
 
-    args, cfg = parse_run_argv(argv)
     try:
-        rec = train(cfg, TrainOptions(out=Path(args.out), resume=True, quiet=args.quiet))
+        rec = train(cfg, TrainOptions(out=Path(out), resume=True, quiet=quiet))
     except RunExists as exc:
         return {"status": "exists", "record": str(exc.path)}
     return {"status": "done", "record": rec.get("_path")}
@@ -119,8 +145,9 @@ def _blocked(job: Job, status: dict[tuple, str]) -> bool:
     return any(status.get(d) in ("failed", "skipped") for d in job.deps)
 
 
-def run_local(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str], None]) -> SweepResult:
-    """One run after another, in this process."""
+def run_local(jobs: list[Job], out: str | Path, echo: Callable[[str], None], *, device: str | None = None,
+              quiet: bool = False) -> SweepResult:
+    """One run after another, in this process, each trained from the job's config."""
     res = SweepResult()
     status: dict[tuple, str] = {}
     for i, job in enumerate(jobs, 1):
@@ -133,7 +160,7 @@ def run_local(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[st
         echo(f"{head}: running")
         t0 = time.perf_counter()
         try:
-            out = execute(argvs[job.key])
+            out_ = execute(job_config(job, device=device), out, quiet=quiet)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one failed run must not stop the others
@@ -142,10 +169,10 @@ def run_local(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[st
             echo(f"{head}: FAILED: {exc}")
             continue
         dt = time.perf_counter() - t0
-        status[job.key] = out["status"]
-        res.outcomes.append(Outcome(job, out["status"], out.get("record") or "", dt))
-        echo(f"{head}: {'done' if out['status'] == 'done' else 'already recorded'} "
-             f"in {dt:.0f}s -> {out.get('record')}")
+        status[job.key] = out_["status"]
+        res.outcomes.append(Outcome(job, out_["status"], out_.get("record") or "", dt))
+        echo(f"{head}: {'done' if out_['status'] == 'done' else 'already recorded'} "
+             f"in {dt:.0f}s -> {out_.get('record')}")
     return res
 
 
@@ -176,20 +203,17 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
                 continue  # a run it needs is still to finish
             pending.remove(job)
             started += 1
-            argv = argvs[job.key]
-            try:
-                _, cfg = parse_run_argv(argv)
-                paths = RunPaths.for_config(cfg, out)
-            except UserError as exc:
+            if job.config is None:
                 status[job.key] = "failed"
-                res.outcomes.append(Outcome(job, "failed", str(exc)))
-                echo(f"[{started}/{n}] {job.describe()}: FAILED: {exc}")
+                res.outcomes.append(Outcome(job, "failed", str(job.config_error)))
+                echo(f"[{started}/{n}] {job.describe()}: FAILED: {job.config_error}")
                 continue
+            paths = RunPaths.for_config(job.config, out)
             log = out / "logs" / "sweep" / paths.rel.with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             fh = open(log, "ab")
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argv], stdout=fh,
+            proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argvs[job.key]], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)
             running[job.key] = (job, proc, fh, time.perf_counter(), log)
             echo(f"[{started}/{n}] {job.describe()}: started (pid {proc.pid}, log {log})")
@@ -213,36 +237,40 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
     return res
 
 
-def _absolute_paths(argv: list[str]) -> list[str]:
-    """``--out`` and ``--data-root`` as absolute paths: Ray workers do not share the driver's cwd."""
-    argv = list(argv)
-    if "--out" not in argv:
-        argv += ["--out", "results"]
-    for flag in ("--out", "--data-root"):
-        if flag in argv:
-            i = argv.index(flag) + 1
-            argv[i] = str(Path(argv[i]).expanduser().resolve())
-    return argv
+def _ray_payload(job: Job, device: str | None) -> dict:
+    """The config dict a Ray task trains: ``dataset.root`` absolute (workers do not share the
+    driver's cwd), ``train.device`` as asked."""
+    cfg = job_config(job, device=device)
+    data = copy.deepcopy(cfg.data)
+    root = data["dataset"].get("root")
+    if root:
+        data["dataset"]["root"] = str(Path(root).expanduser().resolve())
+    return data
 
 
-def _ray_execute(argv: list[str], *deps) -> dict:
-    """The body of a Ray task; ``deps`` are the results of the runs it needs (unused)."""
+def _ray_execute(cfg_data: dict, out: str, quiet: bool, *deps) -> dict:
+    """The body of a Ray task: rebuild the config, train; ``deps`` are the results of the runs
+    it needs (unused: they only order the tasks)."""
+    from .config import from_dict
+
     try:
-        return execute(argv)
+        return execute(from_dict(cfg_data), out, quiet=quiet)
     except UserError as exc:
         # re-raised as a plain error: it crosses process boundaries and fails the dependants
         raise RuntimeError(str(exc)) from None
 
 
-def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str], None], *,
+def run_ray(jobs: list[Job], payloads: dict[tuple, dict], out: str | Path, echo: Callable[[str], None], *,
             address: str | None = None, cpus: float = 1.0, gpus: float | None = None,
             init_kwargs: dict | None = None) -> SweepResult:
-    """Each run a Ray task; a task receives its dependencies' refs so Ray orders them."""
+    """Each run a Ray task given its config dict; a task receives its dependencies' refs so Ray
+    orders them."""
     try:
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray, which is not installed",
                         hint='install the extra: pip install -e ".[ray]"  (or: pip install "ray[default]")') from None
+    out_abs = str(Path(out).expanduser().resolve())
     started_here = False
     if not ray.is_initialized():
         kwargs = dict(init_kwargs or {})
@@ -271,7 +299,7 @@ def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str]
         owner: dict[object, Job] = {}
         for job in jobs:
             deps = [refs[d] for d in job.deps if d in refs]
-            ref = task.remote(argvs[job.key], *deps)
+            ref = task.remote(payloads[job.key], out_abs, True, *deps)
             refs[job.key] = ref
             owner[ref] = job
         echo(f"submitted {len(jobs)} runs to Ray ({cpus:g} CPU, {gpus:g} GPU each)")
@@ -283,7 +311,7 @@ def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str]
             ready, waiting = ray.wait(waiting, num_returns=1)
             job = owner[ready[0]]
             try:
-                out = ray.get(ready[0])
+                out_ = ray.get(ready[0])
             except Exception as exc:  # RayTaskError, worker crashes
                 blocked = _blocked(job, status) or any(d in status and status[d] == "failed"
                                                        for d in job.deps)
@@ -293,11 +321,11 @@ def run_ray(jobs: list[Job], argvs: dict[tuple, list[str]], echo: Callable[[str]
                 res.outcomes.append(Outcome(job, st, detail))
                 echo(f"{job.describe()}: {'skipped, a run it needs failed' if blocked else 'FAILED: ' + detail}")
                 continue
-            status[job.key] = out["status"]
-            res.outcomes.append(Outcome(job, out["status"], out.get("record") or "",
+            status[job.key] = out_["status"]
+            res.outcomes.append(Outcome(job, out_["status"], out_.get("record") or "",
                                         time.perf_counter() - t0))
-            echo(f"{job.describe()}: {'done' if out['status'] == 'done' else 'already recorded'} "
-                 f"-> {out.get('record')}")
+            echo(f"{job.describe()}: {'done' if out_['status'] == 'done' else 'already recorded'} "
+                 f"-> {out_.get('record')}")
         return res
     finally:
         if started_here:
@@ -314,6 +342,7 @@ class SweepPlan:
     setting: Setting
     seeds: list[int]
     jobs: list[Job]  # all, in order
+    problems: list[BadRecord] = field(default_factory=list)  # unreadable files under <out>/runs
 
     @property
     def todo(self) -> list[Job]:
@@ -325,18 +354,53 @@ class SweepPlan:
                 f"seeds {', '.join(map(str, self.seeds))}: {n} runs, {n - todo} recorded (skipped), "
                 f"{todo} to run")
 
+    def corrupt_records(self) -> tuple[dict[tuple, BadRecord], list[BadRecord]]:
+        """Unreadable files split into ``({job key: bad record of a planned run}, others)``."""
+        at = {}
+        for j in self.todo:
+            p = j.record_path(self.setting.out)
+            if p is not None:
+                at[p.resolve()] = j.key
+        mine, others = {}, []
+        for bad in self.problems:
+            key = at.get(bad.path.resolve())
+            if key is None:
+                others.append(bad)
+            else:
+                mine[key] = bad
+        return mine, others
+
 
 def plan_sweep(spec: TableSpec, setting: Setting, seeds: Sequence[int],
                delta_ref: str | None = None) -> SweepPlan:
     index = RecordIndex.from_dir(setting.out)
-    return SweepPlan(spec, setting, list(seeds), plan_runs(spec, setting, seeds, index, delta_ref))
+    return SweepPlan(spec, setting, list(seeds), plan_runs(spec, setting, seeds, index, delta_ref),
+                     list(index.problems))
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.corrupt-<time>`` beside it (never deleting); return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, target)
+    return target
 
 
 def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
     """The ordered commands of the runs still to do, as a shell script."""
     todo = plan.todo
     pos = {j.key: i for i, j in enumerate(todo, 1)}
+    mine, others = plan.corrupt_records()
     lines = [f"# {plan.header()}"]
+    for key, bad in mine.items():
+        lines.append(f"# unreadable record {bad.describe()}: a sweep moves it aside to "
+                     f"{bad.path.name}.corrupt-<time> and runs it again")
+    for bad in others:
+        lines.append(f"# unreadable record (not a run of this table; left alone) {bad.describe()}")
     for i, job in enumerate(todo, 1):
         after = [str(pos[d]) for d in job.deps if d in pos]
         lines.append(f"# {i}. {job.describe()}" + (f" (after {', '.join(after)})" if after else ""))
@@ -348,22 +412,37 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
               device: str | None = None, cpus: float = 1.0, gpus: float | None = None,
               quiet: bool = False, echo: Callable[[str], None] = print,
               ray_init: dict | None = None) -> SweepResult:
-    """Run the plan's missing runs with the chosen executor."""
+    """Run the plan's missing runs with the chosen executor.
+
+    Unreadable record files of planned runs are moved aside first (so the run
+    trains again); other unreadable files under ``runs/`` are reported.
+    """
     if executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r} is not an executor", hint="use local or ray")
     s = plan.setting
     todo = plan.todo
-    if todo and s.data_root is None and _needs_data_root(s.dataset):
+    if todo and s.data_root is None and needs_root(s.dataset):
         raise UserError(f"the runs on {s.dataset} need its data directory",
-                        hint="pass --data-root DIR (or --preset quick to sweep on the synthetic stand-in)")
+                        hint="pass --data-root DIR (or a preset on a generated stand-in dataset, e.g. --preset quick)")
     echo(plan.header())
+    mine, others = plan.corrupt_records()
+    for bad in others:
+        echo(f"unreadable record (not a run of this table; left alone): {bad.describe()}")
+    for bad in mine.values():
+        moved = move_aside(bad.path)
+        echo(f"unreadable record {bad.describe()}: moved aside to {moved}; its run is trained again")
     if not todo:
         return SweepResult()
+    out = Path(s.out)
     # subprocess and Ray workers write logs, not progress bars
-    argvs = {j.key: job_argv(j, device=device, quiet=quiet or executor == "ray") for j in todo}
     if executor == "ray":
-        argvs = {k: _absolute_paths(a) for k, a in argvs.items()}
-        return run_ray(todo, argvs, echo, address=address, cpus=cpus, gpus=gpus, init_kwargs=ray_init)
+        payloads = {}
+        for j in todo:
+            if j.config is None:
+                raise UserError(f"{j.describe()}: its config cannot be resolved here: {j.config_error}")
+            payloads[j.key] = _ray_payload(j, device)
+        return run_ray(todo, payloads, out, echo, address=address, cpus=cpus, gpus=gpus, init_kwargs=ray_init)
     if jobs > 1:
-        return run_processes(todo, argvs, jobs, Path(s.out), echo)
-    return run_local(todo, argvs, echo)
+        argvs = {j.key: job_argv(j, device=device, quiet=True) for j in todo}
+        return run_processes(todo, argvs, jobs, out, echo)
+    return run_local(todo, out, echo, device=device, quiet=quiet)

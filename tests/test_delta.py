@@ -9,7 +9,10 @@ import math
 import pytest
 
 from mtlbench.delta import delta, per_task_delta
-from mtlbench.tasks import DIRECTIONS
+from mtlbench.tasks import Depth, Normal, SemSeg, metric_directions
+
+# the directions of the built-in tasks' metrics (data on the tasks)
+DIRS = metric_directions({"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()})
 
 # Table 1 (NYUv2, ViT-tiny): mIoU, pAcc, abs, rel, <11.25, <22.5, <30, mean, median, printed Δ
 TABLE1 = {
@@ -60,13 +63,13 @@ def _tolerance(table, name):
 
 @pytest.mark.parametrize("name", list(TABLE1))
 def test_table1_nyuv2_printed_delta(name):
-    got = delta(nyu(TABLE1[name]), nyu(TABLE1["Baseline (MTL)"]))
+    got = delta(nyu(TABLE1[name]), nyu(TABLE1["Baseline (MTL)"]), DIRS)
     assert got == pytest.approx(TABLE1[name][-1], abs=_tolerance("table1", name))
 
 
 @pytest.mark.parametrize("name", list(TABLE2))
 def test_table2_cityscapes_printed_delta(name):
-    got = delta(city(TABLE2[name]), city(TABLE2["Baseline (MTL)"]))
+    got = delta(city(TABLE2[name]), city(TABLE2["Baseline (MTL)"]), DIRS)
     assert got == pytest.approx(TABLE2[name][-1], abs=_tolerance("table2", name))
 
 
@@ -74,13 +77,13 @@ def test_seventeen_of_eighteen_within_one_hundredth():
     close = []
     for table, rows, conv in (("table1", TABLE1, nyu), ("table2", TABLE2, city)):
         for name, row in rows.items():
-            got = delta(conv(row), conv(rows["Baseline (MTL)"]))
+            got = delta(conv(row), conv(rows["Baseline (MTL)"]), DIRS)
             close.append(abs(got - row[-1]) <= 0.01)
     assert len(close) == 18 and sum(close) == 17
 
 
 def test_table1_cross_stitch_slip():
-    got = delta(nyu(TABLE1["Cross Stitch"]), nyu(TABLE1["Baseline (MTL)"]))
+    got = delta(nyu(TABLE1["Cross Stitch"]), nyu(TABLE1["Baseline (MTL)"]), DIRS)
     assert got == pytest.approx(0.547, abs=0.005)
     assert abs(got - 0.58) > 0.02  # the printed value is not reproducible
 
@@ -90,47 +93,47 @@ def test_okd_mtl_per_task_by_hand():
     o = TABLE2["OKD-MTL"]
     seg = ((o[0] - b[0]) / b[0] + (o[1] - b[1]) / b[1]) / 2 * 100
     dep = (-(o[2] - b[2]) / b[2] - (o[3] - b[3]) / b[3]) / 2 * 100
-    per = per_task_delta(city(o), city(b))
+    per = per_task_delta(city(o), city(b), DIRS)
     assert list(per) == ["semseg", "depth"]
     assert per["semseg"] == pytest.approx(seg)
     assert per["depth"] == pytest.approx(dep)
-    assert delta(city(o), city(b)) == pytest.approx((seg + dep) / 2)
+    assert delta(city(o), city(b), DIRS) == pytest.approx((seg + dep) / 2)
 
 
 def test_reference_against_itself_is_zero():
     for row in TABLE1.values():
-        assert delta(nyu(row), nyu(row)) == 0.0
+        assert delta(nyu(row), nyu(row), DIRS) == 0.0
     ref = nyu(TABLE1["Baseline (MTL)"])
-    assert per_task_delta(ref, ref) == {"semseg": 0.0, "depth": 0.0, "normal": 0.0}
+    assert per_task_delta(ref, ref, DIRS) == {"semseg": 0.0, "depth": 0.0, "normal": 0.0}
 
 
 def test_sign_flips_for_lower_is_better():
     ref = {"semseg": {"miou": 50.0}, "depth": {"abs_err": 0.5}}
     # 10 % lower: worse for mIoU, better for the depth error
-    assert delta({"semseg": {"miou": 45.0}}, ref) == pytest.approx(-10.0)
-    assert delta({"depth": {"abs_err": 0.45}}, ref) == pytest.approx(10.0)
-    assert delta({"semseg": {"miou": 45.0}, "depth": {"abs_err": 0.45}}, ref) == pytest.approx(0.0)
+    assert delta({"semseg": {"miou": 45.0}}, ref, DIRS) == pytest.approx(-10.0)
+    assert delta({"depth": {"abs_err": 0.45}}, ref, DIRS) == pytest.approx(10.0)
+    assert delta({"semseg": {"miou": 45.0}, "depth": {"abs_err": 0.45}}, ref, DIRS) == pytest.approx(0.0)
     # the normal angles: mean lower is better, within higher is better
-    assert delta({"normal": {"mean": 22.0}}, {"normal": {"mean": 20.0}}) == pytest.approx(-10.0)
-    assert delta({"normal": {"within_30": 22.0}}, {"normal": {"within_30": 20.0}}) == pytest.approx(10.0)
+    assert delta({"normal": {"mean": 22.0}}, {"normal": {"mean": 20.0}}, DIRS) == pytest.approx(-10.0)
+    assert delta({"normal": {"within_30": 22.0}}, {"normal": {"within_30": 20.0}}, DIRS) == pytest.approx(10.0)
 
 
 def test_delta_against_stl_row():
     stl, base = city(TABLE2["Single Task"]), city(TABLE2["Baseline (MTL)"])
     seg = ((72.12 - 74.93) / 74.93 + (92.76 - 93.03) / 93.03) / 2
     dep = (-(0.0110 - 0.0092) / 0.0092 - (0.1575 - 0.1422) / 0.1422) / 2
-    assert delta(base, stl) == pytest.approx((seg + dep) / 2 * 100)  # -8.59
-    assert delta(base, stl) == pytest.approx(-8.5913, abs=1e-3)
+    assert delta(base, stl, DIRS) == pytest.approx((seg + dep) / 2 * 100)  # -8.59
+    assert delta(base, stl, DIRS) == pytest.approx(-8.5913, abs=1e-3)
     # Not antisymmetric: Δ is relative to the reference row.
-    assert delta(stl, base) == pytest.approx(7.56, abs=0.01)
-    assert delta(stl, base) != pytest.approx(-delta(base, stl), abs=0.1)
-    assert delta(stl, stl) == 0.0
+    assert delta(stl, base, DIRS) == pytest.approx(7.56, abs=0.01)
+    assert delta(stl, base, DIRS) != pytest.approx(-delta(base, stl, DIRS), abs=0.1)
+    assert delta(stl, stl, DIRS) == 0.0
     # NYUv2, OKD-MTL against STL, term by term
     seg = ((51.99 - 51.29) / 51.29 + (73.75 - 72.23) / 72.23) / 2
     dep = (-(0.4112 - 0.4423) / 0.4423 - (0.1701 - 0.1789) / 0.1789) / 2
     nor = ((33.58 - 34.88) / 34.88 + (54.74 - 55.19) / 55.19 + (63.20 - 63.27) / 63.27
            - (31.82 - 31.65) / 31.65 - (21.50 - 21.14) / 21.14) / 5
-    got = delta(nyu(TABLE1["OKD-MTL"]), nyu(TABLE1["Single Task"]))
+    got = delta(nyu(TABLE1["OKD-MTL"]), nyu(TABLE1["Single Task"]), DIRS)
     assert got == pytest.approx((seg + dep + nor) / 3 * 100)
     assert got == pytest.approx(2.110, abs=1e-3)  # better than STL on segmentation and depth
 
@@ -146,33 +149,46 @@ def test_missing_metrics_and_tasks_are_skipped():
     seg = (51.99 - 50.47) / 50.47
     dep = (-(0.4112 - 0.4431) / 0.4431 - (0.1701 - 0.1904) / 0.1904) / 2
     nor = (-(31.82 - 33.20) / 33.20 - (21.50 - 23.87) / 23.87) / 2
-    assert delta(res, ref) == pytest.approx((seg + dep + nor) / 3 * 100)
+    assert delta(res, ref, DIRS) == pytest.approx((seg + dep + nor) / 3 * 100)
     # None / NaN count as missing; a task with nothing left is skipped entirely
     res2 = {"semseg": {"miou": None, "pacc": math.nan}, "depth": {"abs_err": 0.4112}}
-    assert per_task_delta(res2, ref) == pytest.approx({"depth": -(0.4112 - 0.4431) / 0.4431 * 100})
-    assert delta(res2, ref) == pytest.approx(-(0.4112 - 0.4431) / 0.4431 * 100)
+    assert per_task_delta(res2, ref, DIRS) == pytest.approx({"depth": -(0.4112 - 0.4431) / 0.4431 * 100})
+    assert delta(res2, ref, DIRS) == pytest.approx(-(0.4112 - 0.4431) / 0.4431 * 100)
     # Cityscapes results against an NYUv2-shaped reference: only shared tasks count
-    assert set(per_task_delta(city(TABLE2["OKD-MTL"]), ref)) == {"semseg", "depth"}
+    assert set(per_task_delta(city(TABLE2["OKD-MTL"]), ref, DIRS)) == {"semseg", "depth"}
 
 
 def test_no_common_metric_raises():
     with pytest.raises(ValueError, match="no metric in common"):
-        delta({"normal": {"mean": 30.0}}, {"semseg": {"miou": 50.0}})
+        delta({"normal": {"mean": 30.0}}, {"semseg": {"miou": 50.0}}, DIRS)
     with pytest.raises(ValueError, match="no metric in common"):
-        delta({}, {})
+        delta({}, {}, DIRS)
 
 
 def test_directions_and_errors():
     ref = {"mytask": {"score": 2.0}}
     res = {"mytask": {"score": 3.0}}
     with pytest.raises(ValueError, match="no direction"):
-        delta(res, ref)
+        delta(res, ref, DIRS)
     assert delta(res, ref, {"mytask": {"score": True}}) == pytest.approx(50.0)
     assert delta(res, ref, {"mytask": {"score": False}}) == pytest.approx(-50.0)
     with pytest.raises(ValueError, match="is 0"):
-        delta({"depth": {"abs_err": 0.1}}, {"depth": {"abs_err": 0.0}})
-    # the default directions are mtlbench.tasks.DIRECTIONS
-    assert DIRECTIONS["depth"] == {"abs_err": False, "rel_err": False}
+        delta({"depth": {"abs_err": 0.1}}, {"depth": {"abs_err": 0.0}}, DIRS)
+    # the directions are required: no default, a clear error
+    assert DIRS["depth"] == {"abs_err": False, "rel_err": False}
     b = nyu(TABLE1["Baseline (MTL)"])
     d = nyu(TABLE1["DWA"])
-    assert delta(d, b) == delta(d, b, DIRECTIONS)
+    with pytest.raises(ValueError, match="directions are required"):
+        delta(d, b)
+    with pytest.raises(ValueError, match="directions are required"):
+        per_task_delta(d, b, None)
+
+
+def test_directions_of_records():
+    from mtlbench.delta import directions_of
+
+    rec = {"tasks": {"semseg": {"metrics": {"miou": "higher"}}, "depth": {"metrics": {"abs_err": "lower"}}}}
+    other = {"tasks": {"normal": {"metrics": {"mean": "lower", "within_30": "higher"}}}}
+    assert directions_of(rec, other) == {"semseg": {"miou": True}, "depth": {"abs_err": False},
+                                         "normal": {"mean": False, "within_30": True}}
+    assert directions_of({}) == {}

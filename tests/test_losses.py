@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mtlbench.tasks import DIRECTIONS, Depth, Normal, SemSeg, metric_directions
+from mtlbench.tasks import Depth, Normal, SemSeg, metric_directions
 
 # ----------------------------------------------------------------------------
 # Segmentation: cross-entropy, -1 ignored
@@ -100,6 +100,10 @@ def test_normal_all_invalid_is_finite_without_gradient():
 
 def test_directions_match_the_metric_keys():
     tasks = {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
-    assert metric_directions(tasks) == DIRECTIONS
+    assert metric_directions(tasks) == {
+        "semseg": {"miou": True, "pacc": True},
+        "depth": {"abs_err": False, "rel_err": False},
+        "normal": {"within_11.25": True, "within_22.5": True, "within_30": True, "mean": False, "median": False},
+    }
     for task in tasks.values():
         assert tuple(m.key for m in task.metrics) == task.new_metric().keys

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from mtlbench import sweep as sw
 from mtlbench.cli import main as cli_main
 from mtlbench.errors import UserError
-from mtlbench.tables.build import choose_setting, load_spec
+from mtlbench.tables import choose_setting, load_spec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEPS = FIXTURES / "sweep" / "deps.yaml"
@@ -58,9 +57,27 @@ def test_dry_run_cli_prints_the_ordered_commands(capsys, tmp_path):
     assert "# 3. kd_mtl · vit_tiny · seed 0 [KD-MTL] (after 1)" in lines
 
 
+def test_jobs_carry_their_resolved_config(tmp_path):
+    plan = _plan(DEPS, tmp_path, seeds=(0, 1))
+    for job in plan.jobs:
+        args, cfg = sw.parse_run_argv(shlex.split(job.command)[1:])
+        assert job.config.hash == cfg.hash and job.config.data == cfg.data, job.describe()
+        assert job.record_path(tmp_path) == tmp_path / "runs" / "synthetic" / "vit_tiny" / job.method / \
+            f"seed{job.seed}-{cfg.hash}.json"
+    pretrained = next(j for j in plan.jobs if j.method == "okd")
+    assert pretrained.config.data["method"]["teachers"] == "pretrained"
+    # --device goes into the config as a runtime key: same identity
+    on_cpu = sw.job_config(pretrained, device="cpu")
+    assert on_cpu.data["train"]["device"] == "cpu" and on_cpu.hash == pretrained.config.hash
+
+
 def test_sweep_flag_errors(capsys):
     assert cli_main(["sweep", "--table", "1", "--address", "ray://x:10001", "--dry-run"]) == 2
     assert "--executor ray" in capsys.readouterr().err
+    assert cli_main(["sweep", "--table", "7", "--dry-run"]) == 2
+    assert "--table 7: there is no table 7" in capsys.readouterr().err
+    assert cli_main(["sweep", "--table", "1", "--seeds", "0,,1", "--dry-run"]) == 2
+    assert "--seeds '0,,1' has an empty entry" in capsys.readouterr().err
     assert cli_main(["sweep", "--table", "1", "--executor", "ray", "--jobs", "2"]) == 2
     # real data needs its directory before anything starts
     assert cli_main(["sweep", "--table", "1", "--out", "/nonexistent-mtlbench"]) == 2
@@ -81,15 +98,16 @@ def test_missing_ray_is_a_user_error(monkeypatch, tmp_path):
 def test_run_local_skips_the_dependants_of_a_failed_run(monkeypatch, tmp_path):
     calls = []
 
-    def fake_execute(argv):
-        method = argv[argv.index("--method") + 1]
+    def fake_execute(cfg, out, quiet=False):
+        assert Path(out) == tmp_path and cfg.data["train"]["device"] == "cpu"
+        method = cfg.name("method")
         calls.append(method)
         if method == "stl":
             raise RuntimeError("boom")
         return {"status": "done", "record": f"{method}.json"}
 
     monkeypatch.setattr(sw, "execute", fake_execute)
-    res = sw.run_sweep(_plan(DEPS, tmp_path), echo=lambda s: None)
+    res = sw.run_sweep(_plan(DEPS, tmp_path), device="cpu", echo=lambda s: None)
     assert calls == ["stl", "baseline"]
     assert [(o.job.method, o.status) for o in res.outcomes] == [
         ("stl", "failed"), ("baseline", "done"), ("kd_mtl", "skipped"), ("okd", "skipped")]
@@ -114,6 +132,39 @@ def test_run_processes_respects_dependencies(monkeypatch, tmp_path):
     assert all(Path(o.detail).parent.parent.parent.parent.name == "sweep" for o in res.outcomes)
 
 
+def test_unreadable_records_are_moved_aside_and_run_again(monkeypatch, tmp_path, capsys):
+    plan = _plan(DEPS, tmp_path)
+    stl = plan.todo[0]
+    bad = stl.record_path(tmp_path)
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"config": {')  # a crash mid-write by a tool that does not write atomically
+    other = tmp_path / "runs" / "synthetic" / "vit_tiny" / "uw" / "seed9-0000000000.json"
+    other.parent.mkdir(parents=True)
+    other.write_text("not json")
+    plan = _plan(DEPS, tmp_path)
+    assert [p.path for p in plan.problems] == [bad, other]
+    assert plan.todo[0].key == stl.key  # still to run
+    text = sw.dry_run_text(plan)
+    assert f"# unreadable record {bad}: run record" in text and "moves it aside" in text
+    assert f"(not a run of this table; left alone) {other}" in text
+    assert bad.exists()  # a dry run moves nothing
+    ran = []
+    monkeypatch.setattr(sw, "execute", lambda cfg, out, quiet=False: ran.append(cfg.hash) or
+                        {"status": "done", "record": "x"})
+    lines = []
+    sw.run_sweep(plan, echo=lines.append)
+    moved = list(bad.parent.glob(bad.name + ".corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_text() == '{"config": {' and not bad.exists()
+    assert other.exists()
+    assert ran[0] == stl.config.hash
+    assert any(f"moved aside to {moved[0]}" in ln for ln in lines)
+    assert any(ln.startswith("unreadable record (not a run of this table; left alone)") for ln in lines)
+    # the table reports what is wrong, with the path
+    assert cli_main(["table", "--id", str(DEPS), "--preset", "smoke", "--out", str(tmp_path), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert f"Unreadable record {other}: run record" in out and "is not valid JSON" in out
+
+
 # ---------------------------------------------------------------------------
 # end to end: real smoke runs
 # ---------------------------------------------------------------------------
@@ -126,9 +177,28 @@ def test_local_sweep_trains_then_skips(tmp_path, capsys):
     assert "1 trained" in out and "next: mtlbench table --id" in out
     recs = list((tmp_path / "runs").rglob("*.json"))
     assert len(recs) == 1 and json.loads(recs[0].read_text())["method"] == "baseline"
+    # trained from the job's carried config: the record is at the job's path, with its hash
+    job = _plan(spec, tmp_path).jobs[0]
+    assert recs[0] == job.record_path(tmp_path)
+    assert json.loads(recs[0].read_text())["config_hash"] == job.config.hash
     assert not list(tmp_path.rglob("*.lock"))
     assert cli_main(args) == 0
     assert "1 recorded (skipped), 0 to run" in capsys.readouterr().out
+
+
+def test_ray_task_body_rebuilds_the_config_from_its_dict(monkeypatch, tmp_path):
+    """What a Ray task receives is a plain dict; from_dict gives back the job's very config."""
+    plan = _plan(DEPS, tmp_path)
+    job = next(j for j in plan.jobs if j.method == "kd_mtl")
+    payload = sw._ray_payload(job, "cpu")
+    assert isinstance(payload, dict) and payload["train"]["device"] == "cpu"
+    got = []
+    monkeypatch.setattr(sw, "execute", lambda cfg, out, quiet=False: got.append((cfg, out, quiet)) or
+                        {"status": "done", "record": "r"})
+    assert sw._ray_execute(payload, str(tmp_path), True) == {"status": "done", "record": "r"}
+    cfg, out, quiet = got[0]
+    assert cfg.hash == job.config.hash and cfg.data["method"] == job.config.data["method"]
+    assert (out, quiet) == (str(tmp_path), True)
 
 
 @pytest.mark.ray

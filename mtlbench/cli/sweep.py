@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import argparse
-
-from .table import add_table_flags
+from pathlib import Path
+import shlex
 
 
 def register(sub) -> None:
+    from .table import add_delta_ref_flag, add_table_flags
+
     p = sub.add_parser(
         "sweep", help="run every missing run of a table (locally or on a Ray cluster)",
         description="Run every missing run of one of the paper's tables, dependencies first (stl before "
                     "kd_mtl and okd with pretrained teachers), skipping recorded runs and resuming "
-                    "interrupted ones.")
+                    "interrupted ones. An unreadable record of a planned run is moved aside to "
+                    "<name>.corrupt-<time> and the run is trained again.")
     p.add_argument("--table", required=True, metavar="N", help="table number (1-5) or a table spec YAML")
     add_table_flags(p)
+    add_delta_ref_flag(p)
     p.set_defaults(seeds="0")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default): this machine; ray: Ray tasks (pip install -e \".[ray]\")")
@@ -32,7 +36,7 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..sweep import dry_run_text, plan_sweep, run_sweep
-    from ..tables.build import choose_setting, load_spec, parse_seeds
+    from ..tables import apply_overrides, choose_setting, load_spec, parse_overrides, parse_seeds
 
     if args.executor != "ray" and args.address:
         raise UserError("--address is the address of a Ray cluster", hint="add --executor ray")
@@ -41,10 +45,15 @@ def main(args: argparse.Namespace) -> int:
                         "resources allow", hint="use --cpus-per-run / --gpus-per-run instead")
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs} must be at least 1")
-    spec = load_spec(args.table)
+    seeds = parse_seeds(args.seeds)
+    from ..trainer import check_out_dir
+
+    if not args.dry_run or Path(args.out).exists():
+        check_out_dir(Path(args.out))  # a file, or a directory the runs could not write to
+    spec, _ = apply_overrides(load_spec(args.table, flag="--table"), parse_overrides(args.overrides))
     setting = choose_setting(spec, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
                              out=args.out)
-    plan = plan_sweep(spec, setting, parse_seeds(args.seeds), args.delta_ref)
+    plan = plan_sweep(spec, setting, seeds, args.delta_ref)
     if args.dry_run:
         print(dry_run_text(plan, device=args.device), end="")
         return 0
@@ -54,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
     for o in res.failed:
         print(f"  {o.status}: {o.job.describe()}: {o.detail}")
     if not res.failed:
+        extra = "".join(f" --override {shlex.quote(o)}" for o in args.overrides)
         print(f"next: mtlbench table --id {spec.id} --dataset {setting.dataset} --preset {setting.preset} "
               f"--seeds {','.join(map(str, plan.seeds))}"
-              + (f" --out {setting.out}" if str(setting.out) != "results" else ""))
+              + (f" --out {setting.out}" if str(setting.out) != "results" else "") + extra)
     return 1 if res.failed else 0

@@ -1,0 +1,366 @@
+"""Building a table from records: seed statistics of the metrics, paired Δ, comparisons.
+
+Metric cells are the mean ± sample standard deviation over the seeds found.
+
+Δ (:func:`mtlbench.delta.delta`, the paper's Eq. 4) is *paired*: for each
+seed, the row's record is compared with the reference row's record of the same
+seed, over all metrics of each task in the records (not only the displayed
+ones: that is how the paper's Δ of Tables 1 and 2 recomputes from its printed
+metrics).  The per-seed Δs give the mean, a 95% Student-t confidence interval
+and a verdict (:mod:`mtlbench.stats`): ``better`` (interval above 0),
+``worse`` (below 0), ``no significant difference`` (contains 0), ``too few
+seeds`` (fewer than 3 paired seeds).  Pairing removes what the two rows share
+through the seed (data order, initialisation), so the interval is about the
+method, not about the seed.  Table 3's printed Δ cannot be recomputed from its
+displayed columns; ours is shown beside it, not claimed equal.
+
+:meth:`BuiltTable.compare` compares any two rows the same way (``mtlbench
+table --compare A,B``); the claims report (:mod:`mtlbench.tables.claims`) is
+built on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from ..errors import UserError
+from ..stats import PairedSummary, summarize
+from .datasets import dataset_tasks, needs_root
+from .plan import BadRecord, Job, RecordIndex, Setting, plan_runs
+from .spec import Column, Row, TableSpec
+
+#: the verdict shown for the Δ reference row itself
+REFERENCE = "reference"
+
+
+@dataclass
+class Cell:
+    """One row on one backbone: seed statistics, paired Δ and the paper's numbers."""
+
+    row: Row
+    backbone: str
+    seeds: list[int] = field(default_factory=list)  # seeds found
+    per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> the record's metrics
+    mean: dict[str, dict[str, float]] = field(default_factory=dict)
+    std: dict[str, dict[str, float]] = field(default_factory=dict)
+    delta: PairedSummary | None = None  # paired Δ against the reference row
+    is_reference: bool = False
+    paper: dict[str, float | None] | None = None
+    paper_delta: float | None = None  # the paper's Δ against the reference in use
+    unsupported: str | None = None
+
+    def value(self, col: Column) -> tuple[float | None, float | None]:
+        m = self.mean.get(col.task, {}).get(col.metric)
+        s = self.std.get(col.task, {}).get(col.metric)
+        return m, s
+
+    @property
+    def verdict(self) -> str | None:
+        if self.is_reference and self.delta is not None:
+            return REFERENCE
+        return None if self.delta is None or self.delta.n == 0 else self.delta.verdict
+
+
+@dataclass
+class Comparison:
+    """Paired Δ of row ``a`` against row ``b`` on one backbone (per seed, mean, CI, verdict)."""
+
+    a: Row
+    b: Row
+    backbone: str
+    summary: PairedSummary
+    errors: dict[int, str] = field(default_factory=dict)  # seed -> why Δ is undefined
+    missing: dict[str, list[int]] = field(default_factory=dict)  # row key -> asked seeds without a record
+    paper: float | None = None  # the paper's Δ of a against b (printed or recomputed)
+    paper_deltas: tuple[float | None, float | None] | None = None  # a's and b's printed Δ (vs the paper's ref)
+    paper_reference: str = ""
+
+    def paper_text(self) -> str | None:
+        """The paper's number beside the comparison, or None."""
+        if self.paper is not None:
+            return f"{self.paper:+.2f}"
+        if self.paper_deltas and None not in self.paper_deltas:
+            a, b = self.paper_deltas
+            return f"Δ {a:.2f} vs {b:.2f} (each vs {self.paper_reference})"
+        return None
+
+    def lines(self, multi_backbone: bool = False) -> list[str]:
+        """The comparison as text: per-seed Δ, mean ± CI and the verdict."""
+        s = self.summary
+        bb = f" · {self.backbone}" if multi_backbone else ""
+        head = f"{self.a.label} vs {self.b.label}{bb}: Δ (Eq. 4, %, positive = {self.a.label} better)"
+        out = [head]
+        if s.values:
+            out.append("  per seed: " + ", ".join(f"seed {k}: {v:+.2f}" for k, v in s.values.items()))
+        out.append("  " + describe_summary(s))
+        if self.paper_text():
+            out.append(f"  paper: {self.paper_text()}")
+        for seed, err in self.errors.items():
+            out.append(f"  seed {seed}: Δ undefined: {err}")
+        for key, seeds in self.missing.items():
+            label = self.a.label if key == self.a.key else self.b.label
+            out.append(f"  no record of {label} for seed{'s' if len(seeds) > 1 else ''} "
+                       f"{', '.join(map(str, seeds))}")
+        return out
+
+
+def describe_summary(s: PairedSummary, verdict: bool = True) -> str:
+    """``mean +1.23 ± 0.45 (95% CI [+0.78, +1.68], 3 paired seeds): better`` (without
+    ``: better`` when ``verdict`` is False)."""
+    tail = f": {s.verdict}" if verdict else ""
+    if s.n == 0:
+        return "no paired seeds" + tail
+    if s.half_width is None:
+        return f"mean {s.mean:+.2f} (1 paired seed)" + tail
+    conf = round(s.interval.confidence * 100)
+    return (f"mean {s.mean:+.2f} ± {s.half_width:.2f} ({conf}% CI [{s.lo:+.2f}, {s.hi:+.2f}], "
+            f"{s.n} paired seeds)" + tail)
+
+
+@dataclass
+class BuiltTable:
+    """A table with its cells, the runs it needs, and notes."""
+
+    spec: TableSpec
+    setting: Setting
+    seeds: list[int]
+    reference: Row
+    cells: dict[tuple[str, str], Cell]
+    jobs: list[Job]
+    notes: list[str]
+    directions: dict[str, dict[str, bool]] = field(default_factory=dict)
+    problems: list[BadRecord] = field(default_factory=list)  # unreadable records under runs/
+
+    @property
+    def missing(self) -> list[Job]:
+        return [j for j in self.jobs if not j.recorded]
+
+    def cell(self, row: Row, backbone: str) -> Cell:
+        return self.cells[(row.key, backbone)]
+
+    def row(self, key: str, flag: str = "--compare") -> Row:
+        r = self.spec.row(key)
+        if r is None:
+            keys = [x.key for x in self.spec.rows(hidden=True)]
+            raise UserError(f"{flag}: table {self.spec.id} has no row {key!r}", hint=f"rows: {', '.join(keys)}")
+        return r
+
+    def compare(self, a: str | Row, b: str | Row, backbone: str | None = None) -> Comparison:
+        """Paired Δ of row ``a`` against row ``b`` (row keys or rows) over the table's seeds."""
+        ra = a if isinstance(a, Row) else self.row(a)
+        rb = b if isinstance(b, Row) else self.row(b)
+        bb = backbone or self.spec.backbones[0]
+        ca, cb = self.cell(ra, bb), self.cell(rb, bb)
+        values, errors = paired_deltas(ca.per_seed, cb.per_seed, self.directions)
+        missing = {r.key: [s for s in self.seeds if s not in c.per_seed]
+                   for r, c in ((ra, ca), (rb, cb)) if not c.unsupported}
+        comp = Comparison(ra, rb, bb, summarize(values), errors, {k: v for k, v in missing.items() if v},
+                          paper_reference=(self.spec.row(self.spec.paper_reference).label))
+        pa, pb = self.spec.paper_values(ra, bb), self.spec.paper_values(rb, bb)
+        if self.spec.delta and pa is not None and pb is not None:
+            if rb.key == self.spec.paper_reference:
+                comp.paper = pa.get("delta")
+            elif ra.key == rb.key:
+                comp.paper = 0.0
+            elif self.spec.paper_delta_recomputable:
+                comp.paper = _paper_delta(self.spec, ra, rb, bb)
+            else:
+                comp.paper_deltas = (pa.get("delta"), pb.get("delta"))
+        return comp
+
+    def frame(self):
+        """A wide numeric DataFrame: one line per (row, backbone) (the CSV output)."""
+        import pandas as pd
+
+        lines = []
+        for sec in self.spec.sections:
+            for row in sec.rows:
+                for bb in self.spec.backbones:
+                    c = self.cell(row, bb)
+                    line: dict[str, Any] = {
+                        "section": sec.title or "", "row": row.key, "label": row.label,
+                        "method": row.method, "overrides": json.dumps(row.overrides, sort_keys=True),
+                        "backbone": bb, "dataset": self.setting.dataset, "preset": self.setting.preset,
+                        "seeds": " ".join(str(s) for s in c.seeds), "n_seeds": len(c.seeds),
+                        "unsupported": bool(c.unsupported)}
+                    for flag, v in zip(self.spec.flag_columns, row.flags):
+                        line[flag] = v
+                    for col in self.spec.columns:
+                        m, s = c.value(col)
+                        line[col.key] = m
+                        line[f"{col.key}:std"] = s
+                        line[f"{col.key}:paper"] = (c.paper or {}).get(col.key)
+                    d = c.delta
+                    line["delta"] = None if d is None else d.mean
+                    line["delta_lo"] = None if d is None else d.lo
+                    line["delta_hi"] = None if d is None else d.hi
+                    line["delta_n"] = 0 if d is None else d.n
+                    line["verdict"] = c.verdict or ""
+                    for s in self.seeds:
+                        line[f"delta_seed{s}"] = None if d is None else d.values.get(s)
+                    line["delta:paper"] = c.paper_delta
+                    lines.append(line)
+        return pd.DataFrame(lines)
+
+
+def paired_deltas(results: dict[int, dict], reference: dict[int, dict],
+                  directions: dict) -> tuple[dict[int, float], dict[int, str]]:
+    """``({seed: Δ of results[seed] against reference[seed]}, {seed: why Δ is undefined})``."""
+    from ..delta import delta
+
+    values, errors = {}, {}
+    for s in sorted(set(results) & set(reference)):
+        try:
+            values[s] = delta(results[s], reference[s], directions)
+        except ValueError as exc:
+            errors[s] = str(exc).removeprefix("delta: ")
+    return values, errors
+
+
+def _paper_delta(spec: TableSpec, a: Row, b: Row, backbone: str) -> float | None:
+    from ..delta import delta
+
+    ra, rb = spec.paper_results(a, backbone), spec.paper_results(b, backbone)
+    if not ra or not rb:
+        return None
+    try:
+        return delta(ra, rb, spec.directions)
+    except ValueError:
+        return None
+
+
+def table_directions(spec: TableSpec, setting: Setting, records: Iterable[dict]) -> dict[str, dict[str, bool]]:
+    """Metric directions: the spec's dataset, the setting's dataset, then the records' own."""
+    from ..delta import directions_of
+    from ..tasks import metric_directions
+
+    dirs = {t: dict(ms) for t, ms in spec.directions.items()}
+    tasks = dataset_tasks(setting.dataset, setting.options)
+    for t, ms in (metric_directions(tasks) if tasks else {}).items():
+        dirs.setdefault(t, {}).update(ms)
+    for t, ms in directions_of(*records).items():
+        dirs.setdefault(t, {}).update(ms)
+    return dirs
+
+
+def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | None = None,
+                delta_ref: str | None = None, records: Iterable[dict] | None = None,
+                index: RecordIndex | None = None) -> BuiltTable:
+    """Match records to the spec's rows and aggregate them.
+
+    ``seeds``: the seeds the table should have (default: every seed found in
+    the table's records, or ``[0]`` when there are none).  ``delta_ref``: the
+    key of the Δ reference row (default: the paper's, ``baseline``).
+    ``records``: the records to use (default: every record under
+    ``setting.out``); or a prepared ``index``.
+    """
+    import pandas as pd
+
+    ref_key = delta_ref or spec.paper_reference
+    ref = spec.row(ref_key)
+    if ref is None:
+        keys = [r.key for r in spec.rows(hidden=True)]
+        raise UserError(f"--delta-ref {ref_key!r}: table {spec.id} has no such row",
+                        hint=f"use one of: {', '.join(keys)}")
+    if index is None:
+        index = RecordIndex(records) if records is not None else RecordIndex.from_dir(setting.out)
+    notes = list(setting.notes)
+    for bad in index.problems:
+        notes.append(f"Unreadable record {bad.path}: {bad.problem} (ignored here; `mtlbench sweep` moves "
+                     f"it aside to <name>.corrupt-<time> and runs it again).")
+    if seeds is None:
+        found: set[int] = set()
+        for row in spec.rows() + [ref]:
+            for bb in spec.backbones:
+                if bb not in row.unsupported:
+                    found |= set(index.find(row.method, row.overrides, bb, setting))
+        seeds = sorted(found) or [0]
+    seeds = list(seeds)
+    jobs = plan_runs(spec, setting, seeds, index, ref_key)
+    by_key = {j.key: j for j in jobs}
+
+    # one long frame of every metric of every used record, then seed statistics per run group
+    long = []
+    for j in jobs:
+        if not j.records:
+            continue
+        if len(j.records) > 1:
+            notes.append(f"{len(j.records)} records match {j.describe()}; the newest "
+                         f"({j.records[0].get('id', j.records[0].get('_path'))}) is used.")
+        for task, ms in (j.records[0].get("metrics") or {}).items():
+            for metric, v in ms.items():
+                if v is not None:
+                    long.append({"group": repr(j.group), "seed": j.seed, "task": task, "metric": metric,
+                                 "value": float(v)})
+    frame = pd.DataFrame(long, columns=["group", "seed", "task", "metric", "value"])
+    stats = frame.groupby(["group", "task", "metric"])["value"].agg(["mean", "std", "count"])
+    groups = set(stats.index.get_level_values(0))
+    directions = table_directions(spec, setting, [j.records[0] for j in jobs if j.records])
+
+    def cell_stats(row: Row, bb: str) -> Cell:
+        c = Cell(row, bb, is_reference=row.key == ref.key)
+        if bb in row.unsupported:
+            c.unsupported = row.unsupported[bb]
+            return c
+        c.paper = spec.paper_values(row, bb)
+        g = Job(row.method, row.overrides, bb, 0).group  # full options: defaults filled in
+        for s in seeds:
+            j = by_key.get((*g, s))
+            if j is not None and j.recorded:
+                c.seeds.append(s)
+                c.per_seed[s] = j.records[0].get("metrics") or {}
+        if c.seeds and repr(g) in groups:
+            sub = stats.loc[repr(g)]
+            c.mean = _nested({k: float(v) for k, v in sub["mean"].items()})
+            c.std = _nested({k: float(v) for k, v in sub["std"].items() if not math.isnan(v)})
+        return c
+
+    cells = {(row.key, bb): cell_stats(row, bb) for row in spec.rows(hidden=True) for bb in spec.backbones}
+    undefined: dict[str, list[str]] = {}  # error -> rows (a zero in the reference hits them all)
+    multi = len(spec.backbones) > 1
+    for (_, bb), c in cells.items():
+        rc = cells.get((ref.key, bb))
+        if c.per_seed and rc is not None and rc.per_seed:
+            values, errors = paired_deltas(c.per_seed, rc.per_seed, directions)
+            c.delta = summarize(values)
+            for s, err in errors.items():
+                undefined.setdefault(f"seed {s}: {err}", []).append(c.row.label + (f" ({bb})" if multi else ""))
+        # the paper's Δ: as printed against its own reference, else recomputed from its metrics
+        if c.paper is not None and spec.delta:
+            if ref.key == spec.paper_reference:
+                c.paper_delta = c.paper.get("delta")
+            elif spec.paper_delta_recomputable and rc is not None and rc.paper is not None:
+                c.paper_delta = _paper_delta(spec, c.row, ref, bb)
+    for method, (stale, opts) in index.stale.items():
+        n = len(stale)
+        notes.append(f"{n} {method} record{'s' if n > 1 else ''} of this setting lack{'' if n > 1 else 's'} "
+                     f"the option{'s' if len(opts) > 1 else ''} {', '.join(opts)} (added to {method} since, "
+                     f"not declared backward compatible): they serve no row; the missing runs below "
+                     f"train them again.")
+    for err, labels in undefined.items():
+        notes.append(f"Δ is undefined for {', '.join(labels)} on {err} "
+                     f"(too short a training run? e.g. --preset quick trains longer than smoke)")
+    if spec.delta and ref.key != spec.paper_reference:
+        pref = spec.row(spec.paper_reference)
+        notes.append(
+            f"The paper's Δ is against {pref.label}; "
+            + (f"its Δ against {ref.label} shown here is recomputed from the paper's printed metrics."
+               if spec.paper_delta_recomputable else
+               f"its Δ against {ref.label} cannot be recomputed from the printed columns and is not shown."))
+    notes.extend(spec.notes)
+    if any(not c.seeds for (k, bb), c in cells.items() if k == ref.key and bb in spec.backbones
+           and not c.unsupported):
+        notes.append(f"Δ needs the reference row ({ref.label}): see the missing runs.")
+    if setting.data_root is None and needs_root(setting.dataset) and any(not j.recorded for j in jobs):
+        notes.append(f"The commands carry `--data-root DIR`: replace DIR with your {setting.dataset} "
+                     f"directory, or pass --data-root to this command.")
+    return BuiltTable(spec, setting, seeds, ref, cells, jobs, notes, directions, list(index.problems))
+
+
+def _nested(flat: dict[tuple[str, str], float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for (t, m), v in flat.items():
+        out.setdefault(t, {})[m] = v
+    return out

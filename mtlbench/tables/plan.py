@@ -1,0 +1,409 @@
+"""The setting a table is built on, matching records to rows, and the runs a table needs.
+
+Setting.  ``--dataset`` and ``--preset`` decide what the table is built on:
+
+* neither: the table's own dataset (NYUv2 or Cityscapes) with the ``paper`` preset;
+* ``--preset P`` alone: P's dataset when it can stand in for the table's
+  dataset (its plugin's ``family_options`` name it, e.g. ``synthetic`` for
+  ``quick`` and ``smoke``); otherwise the table's own dataset;
+* ``--dataset D`` alone: preset ``paper`` when D is the table's own dataset,
+  else ``quick`` (so ``--dataset synthetic`` means the quick stand-in);
+* both: as given.
+
+On a stand-in, the dataset options that make it stand in for the table's
+dataset (``family_options``: ``variant: cityscapes`` for Table 2 on
+``synthetic``) are part of the setting: records must have them, commands carry
+them.  Whenever the dataset is not the table's own, a note says that the
+paper's numbers are for NYUv2/Cityscapes and are shown for reference only.
+
+Matching.  A record serves a row when its method, backbone, dataset, preset,
+seed and the setting's dataset options are the table's, and its method options
+are the row's (:func:`mtlbench.tables.options.options_match`).  Several
+records for one row and seed (e.g. the same preset with a changed
+``--epochs``): the newest is used, and a note says so.  Records that cannot
+be read are reported with their path and what is wrong
+(:attr:`RecordIndex.problems`), never skipped silently.
+
+Plan.  Every (row, backbone, seed) and the Δ reference is one :class:`Job`
+carrying its resolved config (what ``mtlbench sweep`` trains) and its exact
+``mtlbench run`` command (:func:`mtlbench.runs.command_for`, for display),
+ordered so that a run comes after the runs it loads (``Method.requires``:
+``stl`` before ``kd_mtl`` and okd with pretrained teachers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import UserError
+from .datasets import dataset_class, needs_root, stand_in_options
+from .options import (canonical_options, effective_overrides, options_key, options_match, same_value,
+                      stale_options)
+from .spec import TableSpec, display_name
+
+
+# ---------------------------------------------------------------------------
+# the setting a table is built on
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Setting:
+    """Dataset, preset and results directory a table is built on (and a sweep runs)."""
+
+    dataset: str
+    preset: str
+    options: dict[str, Any] = field(default_factory=dict)  # dataset options of the stand-in
+    data_root: str | None = None
+    out: Path = Path("results")
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k} {v}" for k, v in self.options.items())
+        return f"{self.dataset}" + (f" ({opts})" if opts else "")
+
+
+def _preset_dataset(preset: str) -> dict:
+    from ..config import DEFAULTS, load_yaml, preset_path
+
+    data = load_yaml(preset_path(preset), f"preset {preset!r}")
+    ds = data.get("dataset") or {}
+    if isinstance(ds, str):
+        ds = {"name": ds}
+    return {"name": DEFAULTS["dataset"]["name"], **ds}
+
+
+def choose_setting(spec: TableSpec, *, dataset: str | None = None, preset: str | None = None,
+                   data_root: str | None = None, out: str | Path = "results") -> Setting:
+    """The dataset and preset of a table (the rules are in the module docstring)."""
+    from ..config import preset_path
+
+    if preset is not None:
+        preset_path(preset)  # an unknown preset is a UserError naming the presets
+    if dataset is not None:
+        from ..registry import DATASETS
+
+        try:
+            dataset = DATASETS.canonical(dataset)  # an unknown name: did-you-mean and the list
+        except UserError as exc:
+            raise UserError(f"--dataset: {exc}") from None
+    if dataset is None:
+        if preset is None:
+            preset = "paper"
+            dataset = spec.dataset
+        else:
+            pds = _preset_dataset(preset)["name"]
+            dataset = pds if stand_in_options(pds, spec.dataset) is not None else spec.dataset
+    elif preset is None:
+        preset = "paper" if dataset == spec.dataset else "quick"
+    options = {}
+    if dataset != spec.dataset:
+        options = dict(stand_in_options(dataset, spec.dataset) or {})
+    setting = Setting(dataset=dataset, preset=preset, options=options, data_root=data_root, out=Path(out))
+    if dataset != spec.dataset:
+        real = display_name(spec.dataset)
+        setting.notes.append(
+            f"Built on `{setting.describe()}` with preset `{preset}`, not on {real}: the paper's "
+            f"numbers are for {real} (384x384, 200 epochs) and are shown for reference only; "
+            f"compare orderings and the sign of Δ, not values.")
+    return setting
+
+
+def _dataset_defaults(name: str) -> dict:
+    cfg = getattr(dataset_class(name), "Config", None)
+    try:
+        return dataclasses.asdict(cfg()) if cfg is not None else {}
+    except TypeError:
+        return {}
+
+
+# ---------------------------------------------------------------------------
+# the records
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A file under ``<out>/runs`` that is not a readable run record."""
+
+    path: Path
+    problem: str
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class RecordIndex:
+    """Records grouped by (method, backbone, dataset, preset) for matching rows.
+
+    ``problems``: the files under ``runs/`` that could not be read (path and why).
+    """
+
+    def __init__(self, records: Iterable[dict], problems: Iterable[BadRecord] = ()):
+        self.by_key: dict[tuple, list[dict]] = {}
+        self.problems = list(problems)
+        #: method -> (records that predate options of it, those options), among the records matched against
+        self.stale: dict[str, tuple[list[dict], list[str]]] = {}
+        for rec in records:
+            key = (rec.get("method"), rec.get("backbone"), rec.get("dataset"), rec.get("preset"))
+            self.by_key.setdefault(key, []).append(rec)
+
+    @classmethod
+    def from_dir(cls, out: str | Path) -> "RecordIndex":
+        """Every record under ``<out>/runs``; unreadable files go to ``problems``."""
+        records, problems = read_records(out)
+        return cls(records, problems)
+
+    def find(self, method: str, overrides: dict, backbone: str, setting: Setting) -> dict[int, list[dict]]:
+        """``{seed: [matching records, newest first]}``."""
+        found: dict[int, list[dict]] = {}
+        defaults = _dataset_defaults(setting.dataset) if setting.options else {}
+        for rec in self.by_key.get((method, backbone, setting.dataset, setting.preset), []):
+            cfg = rec.get("config") or {}
+            ds = {**defaults, **(cfg.get("dataset") or {})}
+            if any(k not in ds or not same_value(ds[k], v) for k, v in setting.options.items()):
+                continue
+            mopts = cfg.get("method") or {}
+            if not options_match(mopts, method, overrides):
+                old = stale_options(mopts, method)
+                if old:
+                    recs, keys = self.stale.setdefault(method, ([], []))
+                    if not any(r is rec for r in recs):
+                        recs.append(rec)
+                        keys.extend(k for k in old if k not in keys)
+                continue
+            found.setdefault(int(rec.get("seed", cfg.get("seed", 0))), []).append(rec)
+        for recs in found.values():
+            recs.sort(key=lambda r: r.get("created", ""), reverse=True)
+        return found
+
+
+def read_records(out: str | Path) -> tuple[list[dict], list[BadRecord]]:
+    """The records under ``<out>/runs`` and the files there that are not readable records."""
+    from ..runs import read_record
+
+    root = Path(out) / "runs"
+    records, problems = [], []
+    if not root.is_dir():
+        return records, problems
+    for p in sorted(root.rglob("*.json")):
+        try:
+            records.append(read_record(p))
+        except UserError as exc:
+            problems.append(BadRecord(p, str(exc).split("\n  hint:")[0]))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(BadRecord(p, f"cannot be read: {exc}"))
+    return records, problems
+
+
+# ---------------------------------------------------------------------------
+# the plan: every run a table needs, in dependency order
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """One run a table needs: a method with options, on a backbone, for a seed.
+
+    ``config``: the run's resolved config (:class:`mtlbench.config.ResolvedConfig`),
+    what a sweep trains; None when it cannot be resolved here (``config_error``
+    says why, e.g. a plugin that is not installed).  ``command``: the same run
+    as an ``mtlbench run`` command line, for display and subprocesses.
+    """
+
+    method: str
+    overrides: dict
+    backbone: str
+    seed: int
+    labels: list[str] = field(default_factory=list)  # the rows it serves
+    deps: list[tuple] = field(default_factory=list)  # keys of jobs to finish first
+    records: list[dict] = field(default_factory=list)  # matching records, newest first
+    command: str = ""
+    config: Any = None
+    config_error: str | None = None
+
+    @property
+    def group(self) -> tuple:
+        return (self.method, options_key(self.method, self.overrides), self.backbone)
+
+    @property
+    def key(self) -> tuple:
+        return (*self.group, self.seed)
+
+    @property
+    def recorded(self) -> bool:
+        return bool(self.records)
+
+    def record_path(self, out: str | Path) -> Path | None:
+        """Where this run's record goes under results directory ``out`` (None without a config)."""
+        from ..runs import RunPaths
+
+        return None if self.config is None else RunPaths.for_config(self.config, out).record
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return (f"{self.method}{f' ({opts})' if opts else ''} · {self.backbone} · seed {self.seed}"
+                f" [{'; '.join(self.labels)}]")
+
+
+def _requires(method: str, overrides: dict, fallback: list[str]) -> list[str]:
+    """Methods whose runs must exist first (``Method.requires``; the spec's ``needs`` otherwise)."""
+    from ..registry import METHODS
+
+    try:
+        cls = METHODS.get(method)
+    except UserError:
+        return list(fallback)
+    req = getattr(cls, "requires", None)
+    if req is None:
+        return list(fallback)
+    try:
+        return list(req(cls.Config(**canonical_options(method, overrides))))
+    except (TypeError, ValueError):
+        return list(fallback)
+
+
+class JobBuilder:
+    """A job's resolved config and its exact ``mtlbench run`` command."""
+
+    def __init__(self, setting: Setting):
+        self.setting = setting
+
+    def resolve(self, method: str, overrides: dict, backbone: str, seed: int):
+        """The run's :class:`~mtlbench.config.ResolvedConfig`, as ``mtlbench run`` would resolve it."""
+        from ..config import resolve
+        from ..runs import _yaml_scalar
+
+        s = self.setting
+        sets = [f"dataset.{k}={_yaml_scalar(v)}" for k, v in s.options.items()]
+        sets += [f"method.{k}={_yaml_scalar(v)}" for k, v in overrides.items()]
+        return resolve(preset=s.preset,
+                       flags=[("method.name", method, "--method"), ("backbone.name", backbone, "--backbone"),
+                              ("dataset.name", s.dataset, "--dataset"),
+                              ("dataset.root", s.data_root, "--data-root"), ("seed", seed, "--seed")],
+                       sets=sets)
+
+    def build(self, method: str, overrides: dict, backbone: str, seed: int) -> Job:
+        from ..runs import command_for
+
+        job = Job(method, effective_overrides(method, overrides), backbone, seed)
+        try:
+            job.config = self.resolve(method, job.overrides, backbone, seed)
+        except UserError as exc:  # e.g. a plugin that is not installed here
+            job.config_error = str(exc).split("\n  hint:")[0]
+        if job.config is not None:
+            job.command = command_for(job.config.data, method, job.overrides, out=self.setting.out)
+        else:
+            job.command = self.manual(method, job.overrides, backbone, seed)
+        job.command = self._with_root_placeholder(job.command)
+        return job
+
+    def manual(self, method: str, overrides: dict, backbone: str, seed: int) -> str:
+        """What ``command_for`` writes, without resolving (for plugins not installed here)."""
+        from ..runs import _yaml_scalar
+
+        s = self.setting
+        args = ["mtlbench", "run", "--method", method, "--backbone", backbone, "--dataset", s.dataset,
+                "--preset", s.preset, "--seed", str(seed)]
+        if s.data_root:
+            args += ["--data-root", str(s.data_root)]
+        pds = _preset_dataset(s.preset)
+        same_ds = pds["name"] == s.dataset
+        for k, v in s.options.items():
+            if not (same_ds and k in pds and same_value(pds[k], v)):
+                args += ["--set", f"dataset.{k}={_yaml_scalar(v)}"]
+        for k, v in overrides.items():
+            args += ["--set", f"method.{k}={_yaml_scalar(v)}"]
+        if Path(s.out) != Path("results"):
+            args += ["--out", str(s.out)]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def _with_root_placeholder(self, cmd: str) -> str:
+        s = self.setting
+        if s.data_root is None and needs_root(s.dataset) and "--data-root" not in cmd:
+            cmd = cmd.replace(f" --dataset {s.dataset} ", f" --dataset {s.dataset} --data-root DIR ", 1)
+        return cmd
+
+
+def plan_runs(spec: TableSpec, setting: Setting, seeds: Sequence[int], index: RecordIndex,
+              delta_ref: str | None = None) -> list[Job]:
+    """Every run of the table (its rows, the Δ reference, their dependencies), ordered.
+
+    Runs that serve several rows (Table 5's AFD-ours and T = 0.10) appear once.
+    The order is the rows' order, except that a run comes after the runs it
+    depends on (``Method.requires``: ``stl`` before ``kd_mtl`` and okd with
+    pretrained teachers; see :func:`_topological`).  A dependency gets the
+    ``--override`` options of its method too.
+    """
+    builder = JobBuilder(setting)
+    ref = spec.row(delta_ref or spec.paper_reference)
+    # a reference the table does not show goes first: Δ is then available early
+    rows = ([ref] if ref is not None and not ref.shown else []) + spec.rows()
+    jobs: dict[tuple, Job] = {}
+
+    def add(method: str, overrides: dict, backbone: str, seed: int, label: str) -> Job:
+        probe = Job(method, effective_overrides(method, overrides), backbone, seed)
+        job = jobs.get(probe.key)
+        if job is None:
+            job = jobs[probe.key] = builder.build(method, overrides, backbone, seed)
+            job.records = index.find(method, overrides, backbone, setting).get(seed, [])
+        if label not in job.labels:
+            job.labels.append(label)
+        return job
+
+    for row in rows:
+        label = row.label + ("" if row.shown else " (Δ reference)")
+        for bb in spec.backbones:
+            if bb in row.unsupported:
+                continue
+            for seed in seeds:
+                job = add(row.method, row.overrides, bb, seed, label)
+                for need in _requires(row.method, row.overrides, row.needs):
+                    dep = add(need, dict(spec.applied_overrides.get(need, {})), bb, seed,
+                              f"needed by {row.label}")
+                    if dep.key not in job.deps:
+                        job.deps.append(dep.key)
+    return _topological(list(jobs.values()))
+
+
+def _topological(jobs: list[Job]) -> list[Job]:
+    """Stable order by dependency depth: runs needing nothing first (in the rows' order), then
+    the runs that need them.  Every run comes after its dependencies, and the runs others need
+    all come early (so parallel executors can start the dependants sooner)."""
+    by_key = {j.key: j for j in jobs}
+    depth: dict[tuple, int] = {}
+
+    def level(job: Job, stack: tuple = ()) -> int:
+        if job.key in stack:
+            raise ValueError(f"dependency cycle through {job.describe()}")
+        if job.key not in depth:
+            deps = [by_key[d] for d in job.deps if d in by_key]
+            depth[job.key] = 1 + max((level(d, stack + (job.key,)) for d in deps), default=-1)
+        return depth[job.key]
+
+    return sorted(jobs, key=level)
+
+
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+    """``"0,1,2"`` or ``"0-2"`` -> ``[0, 1, 2]``; None stays None; an empty entry is an error."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    hint = f"write e.g. {flag} 0,1,2 or {flag} 0-4"
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            raise UserError(f"{flag} {text!r} has an empty entry", hint=hint)
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: {part!r} is not a seed or a range of seeds", hint=hint) from None
+    if any(s < 0 for s in seeds):
+        raise UserError(f"{flag} {text!r} must name non-negative seeds", hint=f"e.g. {flag} 0,1,2")
+    return sorted(dict.fromkeys(seeds))

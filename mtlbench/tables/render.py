@@ -1,0 +1,283 @@
+"""Rendering a built table: Markdown, CSV, LaTeX (booktabs) and rich.
+
+Every format shows, per row and backbone: the seeds found, each metric as
+mean ± sample std over those seeds, and Δ as ``mean ± half-width`` of its 95%
+paired t-interval with the verdict beside it; the paper's number follows in
+brackets (``[x]``; a dim second line in rich).  CSV holds the numbers in
+separate columns instead: ``delta``, ``delta_lo``, ``delta_hi``, ``delta_n``,
+``verdict`` and ``delta_seed<S>`` (the per-seed Δs).  Markdown goes through
+``DataFrame.to_markdown`` (tabulate), LaTeX through ``Styler.to_latex``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..errors import UserError
+from .aggregate import BuiltTable, Cell
+from .spec import Column, Row, Section
+
+FORMATS = ("rich", "md", "csv", "latex")
+
+DASH = "–"
+
+
+def _fmt(v: float | None, prec: int) -> str:
+    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{prec}f}"
+
+
+def _ours(c: Cell, col: Column) -> str:
+    m, s = c.value(col)
+    if m is None:
+        return DASH
+    return _fmt(m, col.precision) + (f" ± {_fmt(s, col.precision)}" if s is not None else "")
+
+
+def _paper(c: Cell, key: str, prec: int) -> str | None:
+    if c.paper is None:
+        return None
+    v = c.paper.get(key)
+    return None if v is None else f"{v:.{prec}f}"
+
+
+def delta_text(c: Cell) -> str:
+    """``+1.23 ± 0.45`` (paired Δ), ``+0.00`` for the reference, ``–`` without records."""
+    d = c.delta
+    if d is None or d.n == 0:
+        return DASH
+    if c.is_reference:
+        return f"{d.mean:+.2f}"
+    return d.text(2)
+
+
+def _cells(bt: BuiltTable, row: Row, bb: str, paper: bool) -> list[str]:
+    """The printed cells of one row on one backbone: seeds, metrics, Δ, verdict."""
+    c = bt.cell(row, bb)
+    ncols = len(bt.spec.columns) + (2 if bt.spec.delta else 0)
+    if c.unsupported:
+        return ["-"] * (1 + ncols)
+    out = [f"{len(c.seeds)}/{len(bt.seeds)}"]
+    for col in bt.spec.columns:
+        text = _ours(c, col)
+        p = _paper(c, col.key, col.precision) if paper else None
+        out.append(text + (f" [{p}]" if p is not None else ""))
+    if bt.spec.delta:
+        p = None if (not paper or c.paper_delta is None) else f"{c.paper_delta:.2f}"
+        out.append(delta_text(c) + (f" [{p}]" if p is not None else ""))
+        out.append(c.verdict or DASH)
+    return out
+
+
+def _bb_headers(bt: BuiltTable) -> list[str]:
+    hs = ["seeds"] + [c.header for c in bt.spec.columns]
+    if bt.spec.delta:
+        hs += ["Δ ↑", "verdict"]
+    return hs
+
+
+def _headers(bt: BuiltTable) -> list[str]:
+    multi = len(bt.spec.backbones) > 1
+    hs = ["Method", *bt.spec.flag_columns]
+    for bb in bt.spec.backbones:
+        pre = f"{bb}: " if multi else ""
+        hs += [pre + h for h in _bb_headers(bt)]
+    return hs
+
+
+def _body(bt: BuiltTable, section: Section, paper: bool) -> list[list[str]]:
+    rows = []
+    for row in section.rows:
+        line = [row.label, *row.flags]
+        for bb in bt.spec.backbones:
+            line += _cells(bt, row, bb, paper)
+        rows.append(line)
+    return rows
+
+
+def _info_line(bt: BuiltTable) -> str:
+    s = bt.setting
+    ref = bt.reference
+    ref_info = ref.label
+    if not ref.shown:
+        found = [f"{len(bt.cell(ref, bb).seeds)}/{len(bt.seeds)}" for bb in bt.spec.backbones]
+        ref_info += f" (not shown; seeds found: {', '.join(found)})"
+    return (f"dataset `{s.describe()}` · preset `{s.preset}` · backbone{'s' if len(bt.spec.backbones) > 1 else ''} "
+            f"{', '.join(f'`{b}`' for b in bt.spec.backbones)} · seeds {', '.join(map(str, bt.seeds))} · "
+            f"Δ vs {ref_info} · records from `{s.out}`")
+
+
+def _legend(bt: BuiltTable, paper: bool) -> str:
+    text = ("Cells: mean ± sample std over the seeds found (one seed: no ±); "
+            "`seeds`: found / asked.")
+    if paper:
+        text += " [x]: the paper's number."
+    if bt.spec.delta:
+        text += (f" Δ (Eq. 4, %, higher is better) is paired: computed per seed against {bt.reference.label}'s "
+                 f"record of the same seed, over all metrics of each task; shown as mean ± half-width of the "
+                 f"95% Student-t interval over the paired seeds. Verdict: better / worse (interval above / "
+                 f"below 0), no significant difference (contains 0), too few seeds (< 3 paired seeds).")
+    return text
+
+
+def _missing_lines(bt: BuiltTable) -> list[str]:
+    miss = bt.missing
+    if not miss:
+        return []
+    pos = {j.key: i + 1 for i, j in enumerate(miss)}
+    lines = [f"Missing runs ({len(miss)}), in dependency order:"]
+    for i, j in enumerate(miss, 1):
+        after = [str(pos[d]) for d in j.deps if d in pos]
+        dep = f" (after {', '.join(after)})" if after else ""
+        lines.append(f"{i}. {j.describe()}{dep}: `{j.command}`")
+    return lines
+
+
+def render_markdown(bt: BuiltTable, paper: bool = True) -> str:
+    """GitHub Markdown: one pipe table per section (``DataFrame.to_markdown``), legend, notes, missing runs."""
+    import pandas as pd
+
+    out = [f"### {bt.spec.title}", "", _info_line(bt), ""]
+    headers = _headers(bt)
+    nflags = len(bt.spec.flag_columns)
+    align = ["left"] + ["center"] * nflags + ["left" if h.endswith("verdict") else "right"
+                                              for h in headers[1 + nflags:]]
+    for sec in bt.spec.sections:
+        if sec.title:
+            out += [f"**{sec.title}**", ""]
+        body = [[c.replace("|", "\\|") for c in r] for r in _body(bt, sec, paper)]
+        df = pd.DataFrame(body, columns=headers)
+        out += [df.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    out += [_legend(bt, paper), ""]
+    if bt.notes:
+        out += ["Notes:"] + [f"- {n}" for n in bt.notes] + [""]
+    miss = _missing_lines(bt)
+    if miss:
+        out += miss + [""]
+    return "\n".join(out)
+
+
+def render_csv(bt: BuiltTable, paper: bool = True) -> str:
+    """One line per (row, backbone), numbers in their own columns (see :meth:`BuiltTable.frame`)."""
+    df = bt.frame()
+    if not paper:
+        df = df[[c for c in df.columns if not c.endswith(":paper")]]
+    return df.to_csv(index=False)
+
+
+_LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+               ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"),
+               ("Δ", r"$\Delta$"), ("°", r"$^\circ$"), ("✓", r"\checkmark"), ("–", "--"),
+               ("<", r"$<$")]
+
+
+def _tex(s: str) -> str:
+    for a, b in _LATEX_SUBS:
+        s = s.replace(a, b)
+    return s
+
+
+def render_latex(bt: BuiltTable, paper: bool = True) -> str:
+    """A booktabs table via ``Styler.to_latex`` (needs booktabs; multirow for sectioned tables,
+    amssymb for \\checkmark)."""
+    import pandas as pd
+
+    spec = bt.spec
+    multi = len(spec.backbones) > 1
+    lead = ["Method", *spec.flag_columns]
+    sub = _bb_headers(bt)
+    tuples = [("", _tex(h)) for h in lead] + [(_tex(bb), _tex(h)) for bb in spec.backbones for h in sub]
+    rows, index = [], []
+    for sec in spec.sections:
+        for r in _body(bt, sec, paper):
+            rows.append([_tex(c) for c in r])
+            index.append(_tex(sec.title or ""))
+    columns = pd.MultiIndex.from_tuples(tuples) if multi else pd.Index([t[1] for t in tuples])
+    df = pd.DataFrame(rows, columns=columns)
+    sectioned = any(s.title for s in spec.sections)
+    per_bb = "".join("l" if h == "verdict" else "r" for h in sub)
+    colspec = "l" + "c" * len(spec.flag_columns) + per_bb * len(spec.backbones)
+    if sectioned:
+        df.index = pd.MultiIndex.from_arrays([index, list(range(len(index)))])
+        styler = df.style.hide(axis="index", level=1)
+        colspec = "l" + colspec
+    else:
+        styler = df.style.hide(axis="index")
+    tabular = styler.to_latex(hrules=True, column_format=colspec, multicol_align="c",
+                              multirow_align="t", clines="skip-last;data" if sectioned else None)
+    if sectioned:  # booktabs rules between sections, none doubled before the bottom rule
+        lines = tabular.splitlines()
+        lines = [r"\midrule" if ln.startswith(r"\cline{") else ln for ln in lines]
+        tabular = "\n".join(ln for i, ln in enumerate(lines)
+                             if not (ln == r"\midrule" and i + 1 < len(lines) and lines[i + 1] == r"\bottomrule"))
+    out = [f"% {spec.title}", f"% {_info_line(bt)}", r"\begin{table}[t]", r"\centering",
+           r"\caption{" + _tex(spec.title) + "}", tabular.rstrip("\n"), r"\end{table}"]
+    out += [f"% {line}" for line in [_legend(bt, paper), *bt.notes, *_missing_lines(bt)]]
+    return "\n".join(out) + "\n"
+
+
+def render_rich(bt: BuiltTable, paper: bool = True, console=None) -> None:
+    """Print the table with rich: one table per backbone and section, the paper's number under ours."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+            console = Console(width=220)
+    console.print(Text(bt.spec.title, style="bold"))
+    console.print(Text(_info_line(bt), style="dim"))
+    spec = bt.spec
+    styles = {"better": "green", "worse": "red"}
+    for bb in spec.backbones:
+        for sec in spec.sections:
+            title = " · ".join(t for t in ((bb if len(spec.backbones) > 1 else None), sec.title) if t)
+            table = Table(title=title or None, title_justify="left")
+            table.add_column("Method", no_wrap=True)
+            for f in spec.flag_columns:
+                table.add_column(f, justify="center")
+            for h in _bb_headers(bt):
+                table.add_column(h, justify="left" if h == "verdict" else "right", no_wrap=True)
+            for row in sec.rows:
+                cells = _cells(bt, row, bb, paper)
+                # "ours [paper]" -> ours, with the paper's number dimmed on a second line
+                texts = []
+                for i, c in enumerate(cells):
+                    ours, sep, rest = c.partition(" [")
+                    is_verdict = spec.delta and i == len(cells) - 1
+                    t = Text(ours, style=styles.get(ours, "") if is_verdict else "")
+                    if sep:
+                        t.append("\n[" + rest, style="dim")
+                    texts.append(t)
+                table.add_row(Text(row.label), *(Text(f) for f in row.flags), *texts)
+            console.print(table)
+    console.print(Text(_legend(bt, paper)))
+    for n in bt.notes:
+        console.print(Text(f"note: {n}", style="yellow"))
+    for line in _missing_lines(bt):
+        console.print(Text(line), soft_wrap=True)
+
+
+def render(bt: BuiltTable, fmt: str = "md", paper: bool = True) -> str:
+    """The table as text: ``md``, ``csv``, ``latex``, or ``rich`` (rendered without colour)."""
+    if fmt == "md":
+        return render_markdown(bt, paper)
+    if fmt == "csv":
+        return render_csv(bt, paper)
+    if fmt == "latex":
+        return render_latex(bt, paper)
+    if fmt == "rich":
+        import io
+
+        from rich.console import Console
+
+        buf = io.StringIO()
+        render_rich(bt, paper, Console(file=buf, width=220, no_color=True, highlight=False))
+        return buf.getvalue()
+    raise UserError(f"--format {fmt!r} is not a table format", hint=f"use one of: {', '.join(FORMATS)}")
+
+
+def render_comparisons(comparisons: Sequence, multi_backbone: bool = False) -> str:
+    """Comparisons (:class:`~mtlbench.tables.aggregate.Comparison`) as text blocks."""
+    blocks = ["\n".join(c.lines(multi_backbone)) for c in comparisons]
+    return "\n\n".join(blocks) + "\n"
