@@ -1,10 +1,30 @@
-"""Shared fixtures: tiny synthetic data in a per-session cache, CPU-only, few threads."""
+"""Shared fixtures: tiny synthetic data in a per-session cache, CPU-only, few threads; a toy
+backbone; builders of smoke configs, task sets and tiny batches.
+
+Fixtures for other test files:
+
+* ``toy_backbone``: registers :class:`ToyBackbone` in ``BACKBONES`` under
+  :data:`TOY_BACKBONE` for the test (removed afterwards) and yields the name, so
+  configs, ``trainer.build`` and ``mtlbench run --backbone test_toy`` work with it;
+* ``toy_factory(tasks, **options)``: a :class:`ToyBackbone` directly (no registry);
+* ``smoke_config(method, backbone="vit_tiny", *sets)``: a resolved ``smoke`` preset config on CPU;
+* ``nyu_tasks()``: the NYUv2 task set (13-class semseg, depth, normal);
+* ``tiny_batch(b=2, h=32, w=48, seed=0, tasks=None)``: a random batch with valid targets.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlbench.api import BackboneFactory, Encoder
+
+#: the registry name of the toy backbone while ``toy_backbone`` is active
+TOY_BACKBONE = "test_toy"
 
 
 def pytest_configure(config):
@@ -30,3 +50,155 @@ def _synthetic_cache(tmp_path_factory):
         os.environ.pop("MTLBENCH_CACHE", None)
     else:
         os.environ["MTLBENCH_CACHE"] = old
+
+
+# ---------------------------------------------------------------------------
+# a toy backbone: values that can be followed by hand
+# ---------------------------------------------------------------------------
+
+class ToyEncoder(Encoder):
+    """State = image + ``offset`` (3 channels); layer i multiplies it by a learnable scale (1 at start).
+
+    Every feature is thus a known multiple of the input, so stitching and
+    distillation results can be computed by hand.
+    """
+
+    def __init__(self, offset: float = 0.0, n_layers: int = 2, stitchable: bool = True):
+        super().__init__()
+        self.offset = offset
+        self.num_layers = n_layers
+        self.layer_channels = [3] * n_layers
+        self.out_channels = 3
+        self.supports_stitching = stitchable
+        self.scale = nn.Parameter(torch.ones(n_layers))
+
+    def begin(self, x):
+        return x + self.offset
+
+    def layer(self, i, state):
+        return state * self.scale[i]
+
+    def layer_feature(self, state):
+        return state
+
+    def end(self, state):
+        return state
+
+    def last_shared_parameters(self):
+        return [self.scale]
+
+
+class PassthroughHead(nn.Module):
+    """Returns the final features unchanged (3 channels): predictions equal the encoder's output."""
+
+    def forward(self, feat, size):
+        return feat
+
+
+class ConvHead(nn.Module):
+    """A 1x1 convolution to the task's channels, resized to the input."""
+
+    def __init__(self, channels: int, in_channels: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 1)
+
+    def forward(self, feat, size):
+        return F.interpolate(self.conv(feat), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class ToyConfig:
+    """Options of the toy backbone."""
+
+    n_layers: int = 2  # encoder layers
+    stitchable: bool = True  # Encoder.supports_stitching
+    heads: str = "conv"  # "conv" (1x1 conv per task) or "identity" (the 3-channel features themselves)
+
+
+class ToyBackbone(BackboneFactory):
+    """A cheap stand-in for a backbone: each new encoder gets the next offset (1, 2, 3, ...)."""
+
+    Config = ToyConfig
+    summary = "test-only toy backbone (tests/conftest.py)"
+
+    def __init__(self, cfg, tasks):
+        super().__init__(cfg if cfg is not None else ToyConfig(), tasks)
+        self.built = 0
+
+    def encoder(self, tasks):
+        self.built += 1
+        return ToyEncoder(float(self.built), self.cfg.n_layers, self.cfg.stitchable)
+
+    def head(self, task):
+        return PassthroughHead() if self.cfg.heads == "identity" else ConvHead(task.channels)
+
+
+@pytest.fixture
+def toy_factory():
+    """``make(tasks, **ToyConfig options)``: a :class:`ToyBackbone` for ``tasks``."""
+    def make(tasks, **options):
+        return ToyBackbone(ToyConfig(**options), tasks)
+
+    return make
+
+
+@pytest.fixture
+def toy_backbone():
+    """The toy backbone registered in ``BACKBONES`` as :data:`TOY_BACKBONE` for one test."""
+    from mtlbench.registry import BACKBONES
+
+    BACKBONES.add(TOY_BACKBONE, ToyBackbone, origin="tests/conftest.py")
+    try:
+        yield TOY_BACKBONE
+    finally:
+        BACKBONES._entries.pop(TOY_BACKBONE, None)
+
+
+# ---------------------------------------------------------------------------
+# configs, tasks, batches
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    """``make(method, backbone="vit_tiny", *sets)``: the resolved ``smoke`` preset on CPU."""
+    def make(method: str, backbone: str = "vit_tiny", *sets: str):
+        from mtlbench.config import resolve
+
+        return resolve(preset="smoke", flags=[("method.name", method, "--method"),
+                                              ("backbone.name", backbone, "--backbone"),
+                                              ("train.device", "cpu", "--device")],
+                       sets=list(sets))
+
+    return make
+
+
+def _nyu_tasks():
+    from mtlbench.tasks import Depth, Normal, SemSeg
+
+    return {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
+
+
+@pytest.fixture(scope="session")
+def nyu_tasks():
+    """``make()``: the NYUv2 task set, fresh each call."""
+    return _nyu_tasks
+
+
+@pytest.fixture(scope="session")
+def tiny_batch():
+    """``make(b=2, h=32, w=48, seed=0, tasks=None)``: a random batch (labels in -1..C-1, depth > 0,
+    unit normals) for ``tasks`` (default: the NYUv2 set)."""
+    def make(b: int = 2, h: int = 32, w: int = 48, seed: int = 0, tasks=None):
+        tasks = tasks if tasks is not None else _nyu_tasks()
+        g = torch.Generator().manual_seed(seed)
+        batch = {"image": torch.rand(b, 3, h, w, generator=g)}
+        for name, task in tasks.items():
+            if task.kind == "classification":
+                batch[name] = torch.randint(-1, task.channels, (b, h, w), generator=g)
+            elif task.channels == 3:
+                batch[name] = F.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
+            else:
+                batch[name] = torch.rand(b, task.channels, h, w, generator=g) + 0.1
+        return batch
+
+    return make

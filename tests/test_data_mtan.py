@@ -327,3 +327,77 @@ def test_error_lists_problems_and_caps(nyu):
     capped = str(mtan.problems_error(many, root, NYUV2))
     assert "f49: bad" in capped and "f50: bad" not in capped and "10 more" in capped
     assert "mtlbench data check --dataset nyuv2" in capped
+
+
+# -- fatal or tolerated; the once-per-directory check before training ----------------------------
+
+FATAL = {"label out of range", "label 255", "nan depth", "inf image"}
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_value_problems_are_fatal_only_when_training_would_break(nyu, name):
+    root, _ = nyu
+    rel, change, key, fragment = VALUES[name]
+    np.save(root / rel, change(np.load(root / rel)))
+    problems = [p for p in validate(root, NYUV2, full=True) if fragment in p.message]
+    assert problems and all(p.fatal == (name in FATAL) for p in problems), [(str(p), p.fatal) for p in problems]
+
+
+def test_structural_problems_are_fatal(nyu):
+    root, _ = nyu
+    BROKEN["wrong shape"][0](root)
+    assert all(p.fatal for p in validate(root, NYUV2))
+
+
+def test_validate_values_once_per_directory_state(nyu, monkeypatch):
+    root, _ = nyu
+    calls = []
+    real = mtan.validate
+    monkeypatch.setattr(mtan, "validate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    notes = []
+    mtan.validate_values(root, NYUV2, log=notes.append)
+    assert calls == [{"full": True}] and len(notes) == 1 and "once" in notes[0]
+    mtan.validate_values(root, NYUV2, log=notes.append)
+    assert len(calls) == 1 and len(notes) == 1  # remembered: nothing loaded, nothing said
+    # a tolerated problem: validated again (the file changed), then remembered with its note
+    np.save(root / "train" / "image" / "0.npy", np.full((H, W, 3), 1.2, np.float32))
+    mtan.validate_values(root, NYUV2, log=notes.append)
+    assert len(calls) == 2 and "1 tolerated problem" in notes[-1] and "expected [0, 1]" in notes[-1]
+    mtan.validate_values(root, NYUV2, log=notes.append)
+    assert len(calls) == 2 and "1 tolerated problem" in notes[-1]
+    # the same directory checked as another dataset is another verdict (13 classes read as 7)
+    with pytest.raises(UserError) as err:
+        mtan.validate_values(root, CITYSCAPES)
+    assert "would break training" in str(err.value) and "outside {-1, 0..6}" in str(err.value)
+    assert calls[2:] == [{"full": True}, {}]  # a refusal also reads the headers, to tell layout from values
+    # a fatal value: refused, naming the file, and not remembered
+    bad = root / "val" / "label" / "1.npy"
+    np.save(bad, np.full((H, W), 13, np.float32))
+    for _ in range(2):
+        with pytest.raises(UserError) as err:
+            mtan.validate_values(root, NYUV2)
+        assert f"{bad}: label value(s) 13 outside {{-1, 0..12}}" in str(err.value)
+        assert "would break training" in str(err.value)
+    assert calls[4:] == [{"full": True}, {}] * 2  # a refusal is not remembered: checked anew
+    # a layout problem gets the layout message
+    (root / "val" / "depth" / "0.npy").unlink()
+    with pytest.raises(UserError, match="does not follow the MTAN layout"):
+        mtan.validate_values(root, NYUV2)
+
+
+def test_plugin_hooks(nyu):
+    root, _ = nyu
+    assert NYUv2.needs_root and not NYUv2.family_options and not NYUv2.synth_options
+    report = NYUv2.check(str(root), full=True)
+    assert report.ok and report.counts == {"train": N, "val": 2} and report.root == root
+    assert report.layout.startswith("NYUv2 layout: {train,val}/{image, label, depth, normal}")
+    assert "MTAN" in report.remedy
+    with pytest.raises(UserError, match="takes no options"):
+        NYUv2.check(str(root), options={"variant": "nyuv2"})
+    with pytest.raises(UserError, match="needs its data directory"):
+        NYUv2.check(None)
+    plugin = NYUv2(NYUv2.Config(root=str(root)))
+    plugin.validate_for_training()
+    np.save(root / "train" / "depth" / "0.npy", np.full((H, W, 1), np.nan, np.float32))
+    with pytest.raises(UserError, match=r"train/depth/0\.npy: .* NaN/inf"):
+        plugin.validate_for_training()

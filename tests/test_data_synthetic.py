@@ -256,3 +256,53 @@ def test_incomplete_copy_is_replaced(tmp_path):
     (d / "train" / "image").mkdir(parents=True)  # e.g. copied without its manifest
     out = S.ensure_generated("nyuv2", 2, 1, 16, 24, 0, root=tmp_path)
     assert out == d and S.read_manifest(d) and validate(d, NYUV2) == []
+
+
+# -- the manifest and the plugin's hooks --------------------------------------------------------------
+
+def test_manifest_is_written_atomically_and_last(tmp_path, monkeypatch):
+    import mtlbench.runs as runs
+
+    order = []
+    real_save, real_write = np.save, runs.atomic_write_json
+    monkeypatch.setattr(np, "save", lambda path, a: order.append("npy") or real_save(path, a))
+    monkeypatch.setattr(runs, "atomic_write_json", lambda path, obj: order.append(path) or real_write(path, obj))
+    m = S.generate("cityscapes", tmp_path / "d", 2, 1, 16, 24, seed=0)
+    assert order[:-1] == ["npy"] * 3 * 3 and order[-1] == tmp_path / "d" / S.MANIFEST
+    assert S.read_manifest(tmp_path / "d") == m and m["complete"] and m["n_train"] == 2
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [S.MANIFEST, "train", "val"]  # no temp file
+
+
+def test_plugin_declares_its_hooks():
+    cls = DATASETS.get("synthetic")
+    assert cls.needs_root is False and "cache" in cls.root_use
+    assert cls.family_options == {"nyuv2": {"variant": "nyuv2"}, "cityscapes": {"variant": "cityscapes"}}
+    assert set(cls.synth_options) == {"variant", "n_train", "n_val", "height", "width", "seed"}
+    for family, opts in cls.family_options.items():
+        assert cls(cls.Config(**opts)).family == family
+
+
+def test_synth_hook(tmp_path):
+    progress = []
+    line = S.Synthetic.synth(tmp_path / "o", {"variant": "cityscapes", "n_train": 2, "n_val": 1, "height": 16,
+                                              "width": 24, "seed": 4},
+                             progress=lambda d, t, what: progress.append((d, t)))
+    assert line.startswith("wrote 3 images (2 train + 1 val, cityscapes, 16x24) to ")
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    m = S.read_manifest(tmp_path / "o")
+    assert (m["variant"], m["seed"], m["height"]) == ("cityscapes", 4, 16)
+    with pytest.raises(UserError, match="unknown synthetic variant"):
+        S.Synthetic.synth(tmp_path / "p", {"variant": "kitti"})
+    assert not (tmp_path / "p").exists()
+
+
+def test_validate_for_training_checks_the_generated_values(tmp_path):
+    plugin = S.Synthetic(S.Synthetic.Config(root=str(tmp_path), n_train=2, n_val=1, height=16, width=24))
+    notes = []
+    plugin.validate_for_training(log=notes.append)
+    assert len(notes) == 1 and str(plugin.data_dir()) in notes[0]
+    bad = plugin.data_dir() / "train" / "normal" / "1.npy"
+    np.save(bad, np.full((16, 24, 3), np.nan, np.float32))  # a damaged cache
+    with pytest.raises(UserError) as err:
+        plugin.validate_for_training()
+    assert f"{bad}: 1152 NaN/inf value(s)" in str(err.value)

@@ -1,7 +1,9 @@
 """KD-MTL (methods/kd_mtl.py) and Cross-Stitch (methods/cross_stitch.py).
 
 Formula tests on hand-built tensors, teacher loading from a real `stl` run made
-here on the smoke preset, and both methods end to end through the CLI.
+here on the smoke preset, and both methods end to end through the CLI.  The toy
+backbone, smoke configs, task sets and batches are the shared fixtures of
+``tests/conftest.py``.
 """
 from __future__ import annotations
 
@@ -11,109 +13,31 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import BackboneFactory, Encoder, TrainContext, count_parameters
+from mtlbench.api import TrainContext, count_parameters
 from mtlbench.errors import UserError
+from mtlbench.plots import epoch_rows, step_rows
 from mtlbench.registry import BACKBONES, METHODS
-from mtlbench.tasks import Depth, Normal, SemSeg
 from mtlbench.methods.cross_stitch import (CrossStitch, CrossStitchConfig, initial_stitch,
                                            resolve_groups)
 from mtlbench.methods.kd_mtl import (KDMTL, KDMTLConfig, channel_normalize, distillation_loss,
                                      last_layer_feature)
 
-H, W = 32, 48
-SMOKE_SETS = ["train.device=cpu"]
-
-
-def _tasks():
-    return {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
-
-
-def _batch(b=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(b, 3, H, W, generator=g),
-            "semseg": torch.randint(-1, 13, (b, H, W), generator=g),
-            "depth": torch.rand(b, 1, H, W, generator=g) + 0.1,
-            "normal": F.normalize(torch.randn(b, 3, H, W, generator=g), dim=1)}
-
-
-class ToyEncoder(Encoder):
-    """State = image + offset (3 channels); layer i multiplies by a learnable scale (1 at start)."""
-
-    def __init__(self, offset: float, n_layers: int = 2, stitchable: bool = True):
-        super().__init__()
-        self.offset = offset
-        self.num_layers = n_layers
-        self.layer_channels = [3] * n_layers
-        self.out_channels = 3
-        self.supports_stitching = stitchable
-        self.scale = nn.Parameter(torch.ones(n_layers))
-
-    def begin(self, x):
-        return x + self.offset
-
-    def layer(self, i, state):
-        return state * self.scale[i]
-
-    def layer_feature(self, state):
-        return state
-
-    def end(self, state):
-        return state
-
-
-class Passthrough(nn.Module):
-    def forward(self, feat, size):
-        return feat
-
-
-class ConvHead(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(3, channels, 1)
-
-    def forward(self, feat, size):
-        return F.interpolate(self.conv(feat), size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class ToyFactory(BackboneFactory):
-    """Cheap stand-in for a backbone: each new encoder gets the next offset (1, 2, 3, ...)."""
-
-    def __init__(self, tasks, stitchable=True, n_layers=2, heads="conv"):
-        super().__init__(None, tasks)
-        self.stitchable, self.n_layers, self.heads, self.built = stitchable, n_layers, heads, 0
-
-    def encoder(self, tasks):
-        self.built += 1
-        return ToyEncoder(float(self.built), self.n_layers, self.stitchable)
-
-    def head(self, task):
-        return Passthrough() if self.heads == "identity" else ConvHead(task.channels)
-
 
 @pytest.fixture(scope="module")
-def vit():
+def vit(nyu_tasks):
     cls = BACKBONES.get("vit_tiny")
-    return cls(cls.Config(), _tasks())
-
-
-def _smoke_cfg(method, extra=()):
-    from mtlbench.config import resolve
-
-    return resolve(preset="smoke", flags=[("method.name", method, "--method"),
-                                          ("backbone.name", "vit_tiny", "--backbone")],
-                   sets=[*SMOKE_SETS, *extra])
+    return cls(cls.Config(), nyu_tasks())
 
 
 @pytest.fixture(scope="module")
-def stl_out(tmp_path_factory):
+def stl_out(tmp_path_factory, smoke_config):
     """A results dir holding a finished smoke `stl` run (the KD-MTL teachers)."""
     from mtlbench.trainer import TrainOptions, train
 
     out = tmp_path_factory.mktemp("kd-results")
-    record = train(_smoke_cfg("stl"), TrainOptions(out=out, quiet=True))
+    record = train(smoke_config("stl"), TrainOptions(out=out, quiet=True))
     return out, record
 
 
@@ -145,14 +69,14 @@ def test_distillation_loss_by_hand():
     assert distillation_loss(5 * t, t).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_adaptors_and_total_loss(vit):
-    m = KDMTL(KDMTLConfig(), _tasks(), vit)
+def test_adaptors_and_total_loss(vit, nyu_tasks, tiny_batch):
+    m = KDMTL(KDMTLConfig(), nyu_tasks(), vit)
     for t in m.task_names:
         conv = m.adaptors[t]
         assert isinstance(conv, nn.Conv2d) and conv.bias is None
         assert tuple(conv.weight.shape) == (192, 192, 1, 1)
     assert m.lambdas == {"semseg": 1.0, "depth": 1.0, "normal": 2.0}
-    batch = _batch()
+    batch = tiny_batch()
     m.train()
     out = m.training_step(batch)
     d = out.extra["distill"]
@@ -171,12 +95,12 @@ def test_adaptors_and_total_loss(vit):
     assert set(out.logs) == {"distill/semseg", "distill/depth", "distill/normal"}
 
 
-def test_lambdas_absent_tasks_get_one_and_unknown_keys_fail():
-    tasks = _tasks()
-    m = KDMTL(KDMTLConfig(lambdas={"normal": 3.0}), tasks, ToyFactory(tasks))
+def test_lambdas_absent_tasks_get_one_and_unknown_keys_fail(nyu_tasks, toy_factory):
+    tasks = nyu_tasks()
+    m = KDMTL(KDMTLConfig(lambdas={"normal": 3.0}), tasks, toy_factory(tasks))
     assert m.lambdas == {"semseg": 1.0, "depth": 1.0, "normal": 3.0}
     with pytest.raises(UserError, match="method.lambdas"):
-        KDMTL(KDMTLConfig(lambdas={"semsge": 1.0}), tasks, ToyFactory(tasks))
+        KDMTL(KDMTLConfig(lambdas={"semsge": 1.0}), tasks, toy_factory(tasks))
     with pytest.raises(ValueError, match="teacher_mode"):
         KDMTLConfig(teacher_mode="frozen").validate()
 
@@ -185,76 +109,73 @@ def test_lambdas_absent_tasks_get_one_and_unknown_keys_fail():
 # KD-MTL: frozen teachers, the adaptor optimiser, modes, state
 # ---------------------------------------------------------------------------
 
-def _trainer_step(m, opt, batch):
-    """What the trainer does for one step."""
-    out = m.training_step(batch)
-    opt.zero_grad(set_to_none=True)
-    m.backward(out)
-    opt.step()
-    m.after_step(0)
-    return out
+def test_teachers_frozen_and_adaptor_optimiser_steps(nyu_tasks, tiny_batch, toy_factory, smoke_config):
+    from mtlbench.trainer import Optimisation, optimizer_step
 
-
-def test_teachers_frozen_and_adaptor_optimiser_steps():
-    tasks = _tasks()
-    m = KDMTL(KDMTLConfig(), tasks, ToyFactory(tasks))
+    tasks = nyu_tasks()
+    m = KDMTL(KDMTLConfig(), tasks, toy_factory(tasks))
     m.train()
-    # teachers and adaptors stay out of the trainer's optimiser
+    # teachers and adaptors stay out of the network's optimiser
     in_groups = {id(p) for g in m.param_groups() for p in g["params"]}
     assert in_groups == {id(p) for p in m.model.parameters()}
     assert all(not p.requires_grad for p in m.teachers.parameters())
-    m.on_train_start(TrainContext(1, 1, torch.device("cpu"), run=None, start_epoch=1))  # resume path
-    assert m.adaptor_opt is not None and m.adaptor_opt.defaults["lr"] == 0.1
-    assert m.adaptor_opt.defaults["weight_decay"] == 5e-4
+    # the adaptors' own optimiser, as the official code: Adam, lr 0.1, weight decay 5e-4, no schedule
+    specs = {s.name: s for s in m.optimizers()}
+    assert list(specs) == ["model", "adaptors"]
+    ad = specs["adaptors"]
+    assert (ad.kind, ad.lr, ad.weight_decay, ad.scheduled) == ("adam", 0.1, 5e-4, False)
+    assert [id(p) for p in ad.parameters()] == [id(p) for p in m.adaptors.parameters()]
+    tcfg = smoke_config("kd_mtl").train
+    optim = Optimisation(m, tcfg, schedule_steps=4)
+    adam = optim.optimizers["adaptors"]
+    assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 0.1 and adam.defaults["weight_decay"] == 5e-4
+    assert "adaptors" not in optim.schedulers
+
+    m.on_train_start(TrainContext(1, 1, torch.device("cpu"), run=None, start_epoch=1))  # resume: no loading
     teachers0 = {k: v.clone() for k, v in m.teachers.state_dict().items()}
     adaptors0 = {k: v.clone() for k, v in m.adaptors.state_dict().items()}
-    opt = torch.optim.AdamW(m.param_groups(), lr=1e-3)
-    _trainer_step(m, opt, _batch())
+    optimizer_step(m, optim, tiny_batch(), torch.device("cpu"), "fp32")
+    optim.schedule()
     assert all(p.grad is None for p in m.teachers.parameters())
     for k, v in m.teachers.state_dict().items():
         assert torch.equal(v, teachers0[k]), k
     for k, v in m.adaptors.state_dict().items():
         assert not torch.equal(v, adaptors0[k]), f"adaptor {k} did not move"
-    assert len(m.adaptor_opt.state) == len(m.adaptors)
-    # a second step: the adaptor gradients are those of this step only (zeroed in backward)
-    torch.manual_seed(0)  # the same head-dropout masks in both passes
-    out = m.training_step(_batch(seed=1))
-    opt.zero_grad(set_to_none=True)
-    m.backward(out)
-    ref = {k: p.grad.clone() for k, p in m.adaptors.named_parameters()}
-    for p in m.adaptors.parameters():
-        p.grad = None
-    torch.manual_seed(0)
-    out = m.training_step(_batch(seed=1))
-    out.loss.backward()
-    for k, p in m.adaptors.named_parameters():
-        torch.testing.assert_close(p.grad, ref[k])
+    assert len(adam.state) == len(m.adaptors)
+    assert adam.param_groups[0]["lr"] == 0.1  # not scheduled
+    # the next step starts from zero adaptor gradients: the trainer zeroes every optimiser
+    assert all(p.grad is not None for p in m.adaptors.parameters())
+    optim.zero_grad()
+    assert all(p.grad is None for p in m.adaptors.parameters())
 
-    # the optimiser state round-trips through extra_state
-    m2 = KDMTL(KDMTLConfig(), tasks, ToyFactory(tasks))
+    # the adaptor optimiser is checkpointed by the trainer, no longer by the method
+    assert m.extra_state() == {"teacher_source": None}
+    m2 = KDMTL(KDMTLConfig(), tasks, toy_factory(tasks))
     m2.load_state_dict(m.state_dict())
-    m2.load_extra_state(m.extra_state())
-    s1, s2 = m.adaptor_opt.state_dict(), m2.adaptor_opt.state_dict()
+    optim2 = Optimisation(m2, tcfg, schedule_steps=4)
+    optim2.load_state_dict(optim.state_dict())
+    s1, s2 = adam.state_dict(), optim2.optimizers["adaptors"].state_dict()
+    assert s1["state"] and s1["state"].keys() == s2["state"].keys()
     for i in s1["state"]:
         torch.testing.assert_close(s2["state"][i]["exp_avg"], s1["state"][i]["exp_avg"])
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_teacher_mode_survives_train_and_eval(mode):
-    tasks = _tasks()
-    m = KDMTL(KDMTLConfig(teacher_mode=mode), tasks, ToyFactory(tasks))
+def test_teacher_mode_survives_train_and_eval(mode, nyu_tasks, toy_factory):
+    tasks = nyu_tasks()
+    m = KDMTL(KDMTLConfig(teacher_mode=mode), tasks, toy_factory(tasks))
     for call in (m.train, m.eval, m.train):
         call()
         assert all(mod.training == (mode == "train") for mod in m.teachers.modules())
     assert m.model.training
 
 
-def test_teachers_load_from_stl_run(stl_out):
+def test_teachers_load_from_stl_run(stl_out, smoke_config):
     from mtlbench.runs import RunContext
     from mtlbench.trainer import build
 
     out, stl_record = stl_out
-    cfg = _smoke_cfg("kd_mtl")
+    cfg = smoke_config("kd_mtl")
     assert METHODS.get("kd_mtl").requires(cfg.method) == ["stl"]
     s = build(cfg, with_data=False)
     m = s.method
@@ -265,7 +186,7 @@ def test_teachers_load_from_stl_run(stl_out):
             assert torch.equal(v, ckpt[f"model.nets.{t}.encoder.{k}"]), (t, k)
     assert m.teacher_source == stl_record["id"]
     # ... and through method.teacher_run=PATH (no stl run under --out), the same weights
-    cfg2 = _smoke_cfg("kd_mtl", [f"method.teacher_run={stl_record['_path']}"])
+    cfg2 = smoke_config("kd_mtl", "vit_tiny", f"method.teacher_run={stl_record['_path']}")
     assert METHODS.get("kd_mtl").requires(cfg2.method) == []
     loaded = {k: v.clone() for k, v in m.teachers.state_dict().items()}
     with torch.no_grad():
@@ -277,12 +198,12 @@ def test_teachers_load_from_stl_run(stl_out):
         assert torch.equal(v, loaded[k]), k
 
 
-def test_missing_teacher_error_names_the_stl_command(tmp_path):
+def test_missing_teacher_error_names_the_stl_command(tmp_path, nyu_tasks, toy_factory, smoke_config):
     from mtlbench.runs import RunContext, command_for
 
-    cfg = _smoke_cfg("kd_mtl")
-    tasks = _tasks()
-    m = KDMTL(cfg.method, tasks, ToyFactory(tasks))  # the check needs no real network
+    cfg = smoke_config("kd_mtl")
+    tasks = nyu_tasks()
+    m = KDMTL(cfg.method, tasks, toy_factory(tasks))  # the check needs no real network
     with pytest.raises(UserError) as err:
         m.on_train_start(TrainContext(1, 1, torch.device("cpu"), RunContext(cfg, tmp_path)))
     cmd = command_for(cfg.data, "stl", out=tmp_path)
@@ -291,7 +212,7 @@ def test_missing_teacher_error_names_the_stl_command(tmp_path):
     assert "method.teacher_run" in str(err.value)
 
 
-def test_teacher_run_must_be_an_stl_run(stl_out, tmp_path):
+def test_teacher_run_must_be_an_stl_run(stl_out, tmp_path, nyu_tasks, toy_factory, smoke_config):
     from mtlbench.runs import RunContext
 
     out, stl_record = stl_out
@@ -299,9 +220,9 @@ def test_teacher_run_must_be_an_stl_run(stl_out, tmp_path):
     fake["method"] = "baseline"
     p = tmp_path / "not-stl.json"
     p.write_text(json.dumps(fake))
-    cfg = _smoke_cfg("kd_mtl", [f"method.teacher_run={p}"])
-    tasks = _tasks()
-    m = KDMTL(cfg.method, tasks, ToyFactory(tasks))
+    cfg = smoke_config("kd_mtl", "vit_tiny", f"method.teacher_run={p}")
+    tasks = nyu_tasks()
+    m = KDMTL(cfg.method, tasks, toy_factory(tasks))
     with pytest.raises(UserError, match="stl"):
         m.on_train_start(TrainContext(1, 1, torch.device("cpu"), RunContext(cfg, out)))
 
@@ -319,9 +240,9 @@ def test_initial_stitch_matrix():
     assert initial_stitch(1, 2).flatten().tolist() == [1.0, 1.0]
 
 
-def test_cross_stitch_mixing_by_hand():
-    tasks = _tasks()
-    m = CrossStitch(CrossStitchConfig(groups=[1, 1]), tasks, ToyFactory(tasks, heads="identity"))
+def test_cross_stitch_mixing_by_hand(nyu_tasks, toy_factory):
+    tasks = nyu_tasks()
+    m = CrossStitch(CrossStitchConfig(groups=[1, 1]), tasks, toy_factory(tasks, heads="identity"))
     x = torch.zeros(1, 3, 1, 1)
     with torch.no_grad():
         out = m.deployable()(x)
@@ -339,7 +260,7 @@ def test_cross_stitch_mixing_by_hand():
     assert [out[t][0, 0].item() for t in ("semseg", "depth", "normal")] == pytest.approx(expected.tolist())
 
 
-def test_groups_default_and_validation():
+def test_groups_default_and_validation(nyu_tasks, toy_factory):
     assert resolve_groups(None, 12) == [3, 3, 3, 3]
     assert resolve_groups(None, 5) == [1, 1, 1, 1, 1]
     assert resolve_groups(6, 12) == [2] * 6
@@ -348,28 +269,28 @@ def test_groups_default_and_validation():
         resolve_groups(5, 12)
     with pytest.raises(UserError, match="summing"):
         resolve_groups([3, 3], 12)
-    tasks = _tasks()
+    tasks = nyu_tasks()
     with pytest.raises(UserError, match="method.groups"):
-        CrossStitch(CrossStitchConfig(groups=3), tasks, ToyFactory(tasks, n_layers=2))
+        CrossStitch(CrossStitchConfig(groups=3), tasks, toy_factory(tasks, n_layers=2))
     with pytest.raises(ValueError):
         CrossStitchConfig(groups=[0, 2]).validate()
 
 
-def test_unsupported_encoder_is_refused():
-    tasks = _tasks()
+def test_unsupported_encoder_is_refused(nyu_tasks, toy_factory):
+    tasks = nyu_tasks()
     with pytest.raises(UserError, match="unsupported"):
-        CrossStitch(CrossStitchConfig(), tasks, ToyFactory(tasks, stitchable=False))
+        CrossStitch(CrossStitchConfig(), tasks, toy_factory(tasks, stitchable=False))
     if "deeplabv3_mtan" in BACKBONES:
         cls = BACKBONES.get("deeplabv3_mtan")
         with pytest.raises(UserError, match="unsupported"):
             CrossStitch(CrossStitchConfig(), tasks, cls(cls.Config(), tasks))
 
 
-def test_cross_stitch_on_vit_gradients_and_groups(vit):
-    m = CrossStitch(CrossStitchConfig(stitch_lr_mult=100.0), _tasks(), vit)
+def test_cross_stitch_on_vit_gradients_and_groups(vit, nyu_tasks, tiny_batch, smoke_config):
+    m = CrossStitch(CrossStitchConfig(stitch_lr_mult=100.0), nyu_tasks(), vit)
     assert m.model.group_sizes == [3, 3, 3, 3] and m.stitch_layers == [2, 5, 8, 11]
     m.train()
-    out = m.training_step(_batch())
+    out = m.training_step(tiny_batch())
     out.loss.backward()
     g = m.model.stitch.grad
     assert g is not None and torch.isfinite(g).all()
@@ -378,16 +299,17 @@ def test_cross_stitch_on_vit_gradients_and_groups(vit):
     # the deployable model is the whole stitched system
     assert count_parameters(m.deployable()) == count_parameters(m)
     assert count_parameters(m) == sum(count_parameters(n) for n in m.model.nets.values()) + 4 * 9
-    # the stitch group gets its own peak lr = train.lr * stitch_lr_mult
-    from mtlbench.runs import RunContext
+    # the stitch group gets its own learning rate: train.lr * stitch_lr_mult (the peak under OneCycleLR)
+    from mtlbench.trainer import Optimisation
 
-    cfg = _smoke_cfg("cross_stitch")
-    with pytest.raises(RuntimeError):
-        m.param_groups()
-    m.on_train_start(TrainContext(1, 1, torch.device("cpu"), RunContext(cfg, Path("."))))
     groups = m.param_groups()
-    assert groups[1]["params"] == [m.model.stitch] and groups[1]["lr"] == pytest.approx(cfg.train.lr * 100)
+    assert groups[1] == {"params": [m.model.stitch], "lr_mult": 100.0}
     assert len(groups[0]["params"]) + 1 == len(list(m.parameters()))
+    tcfg = smoke_config("cross_stitch").train
+    opt = Optimisation(m, tcfg, schedule_steps=4).optimizers["model"]
+    assert opt.param_groups[1]["lr"] == pytest.approx(100 * opt.param_groups[0]["lr"])
+    if tcfg.scheduler == "onecycle":
+        assert opt.param_groups[1]["max_lr"] == pytest.approx(100 * tcfg.lr)
     logs = m.on_epoch_end(0, {})
     assert logs["stitch/0"] == [[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9]]
 
@@ -397,9 +319,11 @@ def test_cross_stitch_on_vit_gradients_and_groups(vit):
 # ---------------------------------------------------------------------------
 
 def _record(out: Path, method: str) -> dict:
+    from mtlbench.runs import read_record
+
     recs = list((out / "runs").rglob(f"*/vit_tiny/{method}/*.json"))
     assert len(recs) == 1, recs
-    return json.loads(recs[0].read_text())
+    return read_record(recs[0])
 
 
 def test_kd_mtl_end_to_end(stl_out):
@@ -412,7 +336,7 @@ def test_kd_mtl_end_to_end(stl_out):
     rec = _record(out, "kd_mtl")
     assert rec["method_info"]["teacher_run"] == stl_record["id"]
     assert rec["params"]["deployable"] < rec["params"]["training_system"]
-    assert any("distill/normal" in s for s in rec["history"]["steps"])
+    assert any("distill/normal" in s for s in step_rows(rec))
 
 
 def test_cross_stitch_end_to_end(tmp_path):
@@ -424,5 +348,19 @@ def test_cross_stitch_end_to_end(tmp_path):
     assert rc == 0
     rec = _record(tmp_path, "cross_stitch")
     assert rec["params"]["deployable"] == rec["params"]["training_system"]
-    assert set(rec["history"]["epochs"][-1]["logs"]) == {"stitch/0", "stitch/1", "stitch/2", "stitch/3"}
+    assert set(epoch_rows(rec)[-1]["logs"]) == {"stitch/0", "stitch/1", "stitch/2", "stitch/3"}
     assert rec["method_info"]["tasks"] == list(rec["tasks"])
+
+
+def test_cross_stitch_trains_on_the_registered_toy_backbone(toy_backbone, tmp_path):
+    from mtlbench.cli import main
+    from mtlbench.runs import read_record
+
+    rc = main(["run", "--method", "cross_stitch", "--backbone", toy_backbone, "--preset", "smoke",
+               "--out", str(tmp_path), "--device", "cpu", "--quiet", "--set", "backbone.n_layers=3"])
+    assert rc == 0
+    rec = read_record(next((tmp_path / "runs").rglob(f"*/{toy_backbone}/cross_stitch/*.json")))
+    assert rec["config"]["backbone"] == {"name": toy_backbone, "n_layers": 3, "stitchable": True, "heads": "conv"}
+    # 3 toy networks (3 scales + a 1x1 conv head each: 3*1 + 13*3+13, 1*3+1, 3*3+3) + 3 layers of 3x3 α
+    assert rec["params"]["training_system"] == 3 * 3 + (13 * 3 + 13) + (3 + 1) + (9 + 3) + 3 * 9
+    assert set(epoch_rows(rec)[-1]["logs"]) == {"stitch/0", "stitch/1", "stitch/2"}

@@ -1,51 +1,63 @@
-"""``mtlbench data``: generate synthetic datasets and check data directories.
+"""``mtlbench data``: generate datasets and check data directories, for any registered dataset.
 
-* ``mtlbench data synth --variant nyuv2 --out DIR``: write a procedural dataset
-  in the MTAN layout (the same files the real loaders read).
+* ``mtlbench data synth --dataset synthetic --out DIR --variant nyuv2``: write a
+  generated dataset (datasets whose plugin implements the ``synth`` hook);
 * ``mtlbench data check --dataset nyuv2 --data-root DIR``: validate every file
-  of a directory (shapes, dtypes, value ranges, NaN/inf); exit 0 when clean,
-  2 with every problem listed otherwise.
+  of a directory (datasets implementing the ``check`` hook: shapes, dtypes,
+  value ranges, NaN/inf); exit 0 when clean, 2 with every problem listed
+  otherwise.
+
+Both go through :data:`mtlbench.registry.DATASETS` and the hooks of
+:class:`mtlbench.data.base.DatasetPlugin`; options a dataset takes are config
+keys (``--set KEY=VALUE``; ``--variant``, ``--n-train`` ... are shorthands).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 from ..errors import UserError
 
-_VARIANTS = ("nyuv2", "cityscapes")  # = synthetic.VARIANTS, without importing numpy here
-_CHECKABLE = ("nyuv2", "cityscapes", "synthetic")
+#: shorthand flags -> the config key they set (passed to the dataset's hook, which decides)
+_SHORTHANDS = {"variant": "variant", "n_train": "n_train", "n_val": "n_val", "height": "height",
+               "width": "width", "seed": "seed"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="generate synthetic data; check a data directory",
-                       description="Generate synthetic datasets and check MTAN-format data directories.")
+    p = sub.add_parser("data", help="generate a dataset; check a data directory",
+                       description="Generate datasets and check data directories (any registered "
+                                   "dataset whose plugin implements the synth / check hook).")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
-    s = dsub.add_parser("synth", help="write a synthetic dataset in the MTAN layout",
-                        description="Render procedural scenes (RGB, labels, depth, normals from one "
+    s = dsub.add_parser("synth", help="write a generated dataset (e.g. synthetic scenes in the MTAN layout)",
+                        description="Write a generated dataset into DIR. The built-in `synthetic` "
+                                    "renders procedural scenes (RGB, labels, depth, normals from one "
                                     "ray-cast geometry) into DIR/{train,val}/... as .npy files.")
-    s.add_argument("--variant", choices=_VARIANTS, default="nyuv2",
-                   help="nyuv2: rooms, 13 classes, depth, normals; cityscapes: streets, 7 classes, "
-                        "disparity (default: nyuv2)")
+    s.add_argument("--dataset", metavar="NAME",
+                   help="which dataset to generate (default: the only registered one that can be)")
     s.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
-    s.add_argument("--n-train", type=int, default=256, metavar="N", help="training images (default 256)")
-    s.add_argument("--n-val", type=int, default=64, metavar="N", help="validation images (default 64)")
-    s.add_argument("--height", type=int, default=96, metavar="H", help="image height (default 96)")
-    s.add_argument("--width", type=int, default=128, metavar="W", help="image width (default 128)")
-    s.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a generation option (a key of the dataset's config), e.g. --set variant=cityscapes")
+    s.add_argument("--variant", help="shorthand for --set variant=V (synthetic: nyuv2 | cityscapes)")
+    s.add_argument("--n-train", type=int, metavar="N", help="shorthand for --set n_train=N (training images)")
+    s.add_argument("--n-val", type=int, metavar="N", help="shorthand for --set n_val=N (validation images)")
+    s.add_argument("--height", type=int, metavar="H", help="shorthand for --set height=H")
+    s.add_argument("--width", type=int, metavar="W", help="shorthand for --set width=W")
+    s.add_argument("--seed", type=int, help="shorthand for --set seed=S (generation seed)")
     s.set_defaults(func=synth)
 
     c = dsub.add_parser("check", help="validate a data directory file by file",
-                        description="Check every file of an MTAN-format directory: layout, shapes, "
-                                    "dtypes, value ranges and NaN/inf. Exit 0 when clean, 2 otherwise.")
-    c.add_argument("--dataset", required=True, choices=_CHECKABLE, help="which format to check against")
+                        description="Check every file of a data directory against its dataset's format: "
+                                    "layout, shapes, dtypes, value ranges and NaN/inf. Exit 0 when clean, "
+                                    "2 otherwise.")
+    c.add_argument("--dataset", required=True, metavar="NAME",
+                   help="which dataset's format to check against (`mtlbench list datasets`)")
     c.add_argument("--data-root", metavar="DIR", help="the data directory")
-    c.add_argument("--variant", choices=_VARIANTS,
-                   help="synthetic only: the variant, when DIR has no synthetic.json")
-    c.add_argument("--quick", action="store_true", help="headers only (what the loaders check)")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a check option, e.g. --set variant=nyuv2 for synthetic data without its manifest")
+    c.add_argument("--variant", help="shorthand for --set variant=V (synthetic, when DIR has no synthetic.json)")
+    c.add_argument("--quick", action="store_true", help="structure and headers only (what the loaders check)")
     c.set_defaults(func=check)
 
     p.set_defaults(func=lambda args: _no_subcommand(p))
@@ -56,99 +68,70 @@ def _no_subcommand(p: argparse.ArgumentParser) -> int:
     return 2
 
 
-class _Progress:
-    """A rich progress bar on a terminal, plain lines every ~10% otherwise."""
+def _options(args: argparse.Namespace) -> dict:
+    """``--set`` items and the shorthand flags given, as ``{config key: value}``."""
+    from ..config import parse_set
 
-    def __init__(self, label: str, plain: bool = True):
-        self.label = label
-        self.plain = plain  # print plain lines when not on a terminal
-        self.tty = sys.stdout.isatty()
-        self._bar = None
-        self._tasks: dict[str, int] = {}
-        self._next_pct: dict[str, int] = {}
+    opts = dict(parse_set(item) for item in args.sets)
+    for dest, key in _SHORTHANDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            if key in opts and opts[key] != value:
+                raise UserError(f"--{dest.replace('_', '-')} {value} contradicts --set {key}={opts[key]}",
+                                hint="give one of the two")
+            opts[key] = value
+    return opts
 
-    def __enter__(self):
-        if self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn())
-            self._bar.__enter__()
-        return self
+def _synth_dataset(name: str | None) -> str:
+    if name:
+        return name
+    from ..data.base import implementing
 
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def update(self, done: int, total: int, name: str = "") -> None:
-        desc = f"{self.label} {name}".strip()
-        if self._bar is not None:
-            if desc not in self._tasks:
-                self._tasks[desc] = self._bar.add_task(desc, total=total)
-            self._bar.update(self._tasks[desc], completed=done)
-            return
-        if not self.plain:
-            return
-        pct = 100 * done // max(total, 1)
-        if pct >= self._next_pct.get(desc, 10) or done == total:
-            print(f"{desc}: {done}/{total}", flush=True)
-            self._next_pct[desc] = (pct // 10 + 1) * 10
+    able = implementing("synth")
+    if len(able) == 1:
+        return able[0]
+    raise UserError("data synth needs --dataset NAME: " + (
+        f"several registered datasets can be generated ({', '.join(able)})" if able
+        else "no registered dataset implements the synth hook"))
 
 
 def synth(args: argparse.Namespace) -> int:
-    from ..data import synthetic
+    from ..progress import Progress
+    from ..registry import DATASETS
 
+    name = DATASETS.canonical(_synth_dataset(args.dataset))
+    cls = DATASETS.get(name)
+    options = _options(args)
     out = os.path.abspath(os.path.expanduser(args.out))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"--out {args.out} already exists and is not an empty directory",
                         hint="choose a new directory, or delete this one first")
-    t0 = time.perf_counter()
-    with _Progress(f"synthetic {args.variant}") as bar:
-        synthetic.generate(args.variant, out, args.n_train, args.n_val, args.height, args.width, args.seed,
-                           progress=bar.update)
-    dt = time.perf_counter() - t0
-    total = args.n_train + args.n_val
-    print(f"wrote {total} images ({args.n_train} train + {args.n_val} val, {args.variant}, "
-          f"{args.height}x{args.width}) to {out} in {dt:.1f} s: {total / dt:.0f} images/s")
+    label = f"{name}" + (f" {options['variant']}" if "variant" in options else "")
+    with Progress("auto", label=f"writing {label}") as bar:
+        summary = cls.synth(out, options, progress=bar.update)
+    print(summary)
     return 0
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..data import mtan, synthetic
+    from ..progress import Progress
+    from ..registry import DATASETS
 
-    if args.dataset == "synthetic":
-        if not args.data_root:
-            raise UserError("data check needs the directory to check: pass --data-root DIR",
-                            hint="for synthetic data, a directory written by `mtlbench data synth --out DIR`")
-        root = os.path.expanduser(args.data_root)
-        if not os.path.isdir(root):
-            raise UserError(f"--data-root {args.data_root} is not an existing directory",
-                            hint="pass a directory written by `mtlbench data synth --out DIR`")
-        manifest = synthetic.read_manifest(root)
-        variant = (manifest or {}).get("variant") or args.variant
-        if variant is None:
-            raise UserError(f"{root} has no complete {synthetic.MANIFEST} (written last by `mtlbench data "
-                            "synth`), so its variant is unknown",
-                            hint="pass --variant nyuv2|cityscapes, or generate the data again")
-        spec = mtan.NYUV2 if variant == "nyuv2" else mtan.CITYSCAPES
-        remedy = "generate the data again with `mtlbench data synth`"
-    else:
-        spec = mtan.NYUV2 if args.dataset == "nyuv2" else mtan.CITYSCAPES
-        root = mtan.require_root(args.data_root, spec)
-        remedy = f"get the data again from {spec.source}"
-
-    with _Progress(f"checking {args.dataset}", plain=False) as bar:
-        problems = mtan.validate(root, spec, full=not args.quick,
-                                 progress=lambda split, d, t: bar.update(d, t, split))
-    if problems:
-        for p in problems:
-            print(p)
-        n = len(problems)
-        print(f"FAILED: {n} problem{'s' if n != 1 else ''} in {root} "
-              f"({spec.name} layout: {{train,val}}/{{{', '.join(d[0] for d in spec.folders().values())}}}"
-              f"/{{0..N-1}}.npy); fix the files listed, or {remedy}")
+    name = DATASETS.canonical(args.dataset)
+    cls = DATASETS.get(name)
+    with Progress("auto", label=f"checking {name}", plain_updates=False) as bar:
+        report = cls.check(args.data_root, full=not args.quick, progress=bar.update, options=_options(args))
+    if report.problems:
+        for p in report.problems:
+            print(f"{p}" + ("" if p.fatal else " [tolerated in training]"))
+        n = len(report.problems)
+        layout = f" ({report.layout})" if report.layout else ""
+        remedy = f", or {report.remedy}" if report.remedy else ""
+        print(f"FAILED: {n} problem{'s' if n != 1 else ''} in {report.root}{layout}; "
+              f"fix the files listed{remedy}")
         return 2
-    counts = [sum(1 for f in os.listdir(os.path.join(root, split, "image")) if f.endswith(".npy"))
-              for split in mtan.SPLITS]
-    print(f"OK: {counts[0]} train, {counts[1]} val images ({spec.name} layout, {root})")
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    print(f"OK: {counts} images ({report.layout or name}, {report.root})" if counts
+          else f"OK: {report.root} ({report.layout or name})")
     return 0

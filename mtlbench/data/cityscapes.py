@@ -20,6 +20,7 @@ class Cityscapes(MTANPlugin):
 
     summary = "Cityscapes (MTAN preprocessing, 2975 train / 500 val): 7-class semseg, disparity; needs --data-root"
     family = "cityscapes"
+    display_name = "Cityscapes"
     spec = CITYSCAPES
 
     @dataclass

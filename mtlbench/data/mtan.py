@@ -15,9 +15,11 @@ that layout::
 with indices contiguous from 0.  :func:`validate` checks a directory against
 that layout (cheaply, from the ``.npy`` headers, or fully, loading every
 array); :class:`MTANDataset` reads it, resizes to the configured size and
-optionally applies MTAN's augmentation.  Loaders validate up front, so a broken
-directory is one :class:`~mtlbench.errors.UserError` naming every bad file
-instead of a crash in the middle of an epoch.
+optionally applies MTAN's augmentation.  Loaders validate the structure up
+front, and before training :func:`validate_values` checks every value once per
+directory state (a NaN, a label out of range), so a broken directory is one
+:class:`~mtlbench.errors.UserError` naming every bad file instead of a crash in
+the middle of an epoch.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import DatasetPlugin
+from .base import CheckReport, DatasetPlugin, Problem, ProgressFn, validated_once
 
 SPLITS = ("train", "val")
 #: MTAN's RandomScaleCrop scales
@@ -66,17 +68,6 @@ CITYSCAPES = MTANSpec(
     "cityscapes", "Cityscapes", 7, ("semseg", "depth"), ("label_7", "label"), "disparity",
     source=(f"the MTAN repository's README ({_MTAN_README}): the preprocessed Cityscapes, 128x256 "
             "(or 256x512), 2975 train / 500 val images; 7-class labels in label_7/"))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a data directory: the file (or folder) and what is wrong."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 def check_split_name(name: str) -> None:
@@ -141,51 +132,56 @@ def _check_header(key: str, shape: tuple, dtype: np.dtype) -> list[str]:
     return msgs
 
 
-def _check_values(key: str, a: np.ndarray, num_classes: int) -> list[str]:
-    """Messages for out-of-range values (the ``full`` check)."""
-    msgs = []
+def _check_values(key: str, a: np.ndarray, num_classes: int) -> list[tuple[str, bool]]:
+    """``(message, fatal)`` for out-of-range values (the ``full`` check).
+
+    Fatal: what crashes or poisons training (NaN/inf anywhere, a label outside
+    {-1, 0..C-1}); the rest (image range, negative depth, normals off unit
+    length, non-integer labels that round into range) is reported but tolerated.
+    """
+    msgs: list[tuple[str, bool]] = []
     if a.dtype.kind == "f":
         finite = np.isfinite(a)
         n_bad = int(a.size - np.count_nonzero(finite))
         if n_bad:
             first = tuple(int(i) for i in np.argwhere(~finite)[0])
-            msgs.append(f"{n_bad} NaN/inf value(s) (first at index {first}); expected finite numbers")
+            msgs.append((f"{n_bad} NaN/inf value(s) (first at index {first}); expected finite numbers", True))
             a = np.where(finite, a, 0)
     if a.size == 0:
         return msgs
     if key == "image":
         lo, hi = float(a.min()), float(a.max())
         if lo < -1e-4 or hi > 1 + 1e-4:
-            msgs.append(f"values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]"
-                        + (" (looks like 0..255: divide by 255)" if hi > 2 else ""))
+            msgs.append((f"values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]"
+                         + (" (looks like 0..255: divide by 255)" if hi > 2 else ""), False))
     elif key == "semseg":
         if a.dtype.kind == "f" and (a != np.round(a)).any():
             frac = a[a != np.round(a)]
-            msgs.append(f"{frac.size} non-integer label value(s) (e.g. {float(frac[0]):.4g}); "
-                        "expected integer class ids (labels must be resized with nearest neighbour)")
-            a = np.round(a)
+            msgs.append((f"{frac.size} non-integer label value(s) (e.g. {float(frac[0]):.4g}); "
+                         "expected integer class ids (labels must be resized with nearest neighbour)", False))
+            a = np.round(a)  # what the loader does
         bad = (a < -1) | (a > num_classes - 1)
         if bad.any():
             values = np.unique(a[bad])
             shown = ", ".join(f"{v:g}" for v in values[:8].tolist()) + (", ..." if values.size > 8 else "")
-            msgs.append(f"label value(s) {shown} outside {{-1, 0..{num_classes - 1}}}"
-                        + (" (255 is 'ignore' in some tools: map it to -1)" if 255 in values else ""))
+            msgs.append((f"label value(s) {shown} outside {{-1, 0..{num_classes - 1}}}"
+                         + (" (255 is 'ignore' in some tools: map it to -1)" if 255 in values else ""), True))
     elif key == "depth":
         if (a < 0).any():
-            msgs.append(f"{int((a < 0).sum())} negative value(s) (min {float(a.min()):.4g}); "
-                        "expected >= 0 with 0 = invalid")
+            msgs.append((f"{int((a < 0).sum())} negative value(s) (min {float(a.min()):.4g}); "
+                         "expected >= 0 with 0 = invalid", False))
     elif key == "normal":
         if (np.abs(a) > 1 + 1e-3).any():
-            msgs.append(f"values in [{float(a.min()):.4g}, {float(a.max()):.4g}]; expected [-1, 1]")
+            msgs.append((f"values in [{float(a.min()):.4g}, {float(a.max()):.4g}]; expected [-1, 1]", False))
         v = a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(-1, 1)
         nonzero = (v != 0).any(axis=1)
         if nonzero.any():
             norms = np.sqrt((v[nonzero].astype(np.float64) ** 2).sum(axis=1))
             off = np.abs(norms - 1) >= 0.05
             if off.any():
-                msgs.append(f"{int(off.sum())} of {norms.size} non-zero normals are not unit length "
-                            f"(norms {norms[off].min():.3g}..{norms[off].max():.3g}); expected unit "
-                            "vectors, or (0, 0, 0) = invalid")
+                msgs.append((f"{int(off.sum())} of {norms.size} non-zero normals are not unit length "
+                             f"(norms {norms[off].min():.3g}..{norms[off].max():.3g}); expected unit "
+                             "vectors, or (0, 0, 0) = invalid", False))
     return msgs
 
 
@@ -283,14 +279,14 @@ def _validate_split(root: str, split: str, spec: MTANSpec, full: bool,
                 elif image_hw is not None and shape[:2] != image_hw:
                     msgs.append(f"size {shape[0]}x{shape[1]} differs from the image's "
                                 f"{image_hw[0]}x{image_hw[1]} ({os.path.basename(folders['image'])}/{i}.npy)")
+            problems += [Problem(path, m) for m in msgs]
             if full and not msgs:
                 try:
                     a = np.load(path, allow_pickle=False)
                 except (OSError, ValueError) as exc:
-                    msgs.append(f"cannot be loaded ({exc})")
+                    problems.append(Problem(path, f"cannot be loaded ({exc})"))
                 else:
-                    msgs += _check_values(key, a, spec.num_classes)
-            problems += [Problem(path, m) for m in msgs]
+                    problems += [Problem(path, m, fatal) for m, fatal in _check_values(key, a, spec.num_classes)]
         if progress is not None:
             progress(n_done, len(common))
     return problems
@@ -512,6 +508,84 @@ class MTANDataset(torch.utils.data.Dataset):
 
 # -- plugins -------------------------------------------------------------------------------------
 
+def data_files(root: str | os.PathLike, spec: MTANSpec) -> list[str]:
+    """Every ``.npy`` file of the spec's folders in both splits (what a verdict depends on)."""
+    files = []
+    for split in SPLITS:
+        for names in spec.folders().values():
+            for name in names:
+                folder = os.path.join(os.fspath(root), split, name)
+                if os.path.isdir(folder):
+                    files += [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".npy")]
+    return files
+
+
+def layout_line(spec: MTANSpec) -> str:
+    """One line describing the expected layout, for check summaries."""
+    return (f"{spec.name} layout: {{train,val}}/{{{', '.join(d[0] for d in spec.folders().values())}}}"
+            f"/{{0..N-1}}.npy")
+
+
+def check_directory(root: str | os.PathLike, spec: MTANSpec, *, full: bool, progress: ProgressFn | None,
+                    remedy: str) -> CheckReport:
+    """:func:`validate` as a :class:`~mtlbench.data.base.CheckReport` (the ``check`` hook's answer)."""
+    cb = None if progress is None else (lambda split, done, total: progress(done, total, split))
+    problems = validate(root, spec, full=full, progress=cb)
+    counts = {}
+    if not problems:
+        counts = {split: sum(1 for f in os.listdir(os.path.join(os.fspath(root), split, "image"))
+                             if f.endswith(".npy")) for split in SPLITS}
+    return CheckReport(Path(root), problems, layout_line(spec), remedy, counts)
+
+
+def values_error(problems: list[Problem], root: str | os.PathLike, spec: MTANSpec, limit: int = 20) -> UserError:
+    """A :class:`UserError` naming the files whose values would break training."""
+    n = len(problems)
+    lines = [f"the {spec.name} data at {root} has {n} problem{'s' if n != 1 else ''} that would break "
+             f"training (found before the first step):"]
+    lines += [f"  {p}" for p in problems[:limit]]
+    if n > limit:
+        lines.append(f"  ... and {n - limit} more")
+    return UserError("\n".join(lines),
+                     hint=f"fix the files listed (labels in {{-1, 0..{spec.num_classes - 1}}}, finite values "
+                          f"only); `mtlbench data check --dataset {spec.key} --data-root {root}` checks "
+                          "the whole directory")
+
+
+def validate_values(root: str | os.PathLike, spec: MTANSpec, *,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Full validation of ``root`` before training, once per directory state.
+
+    Raises :func:`values_error` on fatal problems (NaN/inf, labels out of range,
+    a broken layout); a clean verdict is remembered (``validated_once``), keyed
+    by the files' sizes and modification times, so later runs only stat them.
+    Non-fatal problems are reported through ``log``.
+    """
+    def run() -> list[Problem]:
+        if log is not None:
+            log(f"checking the data values of {root} once (the verdict is cached until a file changes)")
+        return validate(root, spec, full=True)
+
+    problems, _ = validated_once(root, data_files(root, spec),
+                                 {"spec": spec.key, "classes": spec.num_classes, "tasks": spec.tasks}, run)
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        layout = validate(root, spec)  # headers only: a broken layout gets the layout message
+        raise problems_error(layout, root, spec) if layout else values_error(fatal, root, spec)
+    if problems and log is not None:
+        n = len(problems)
+        log(f"note: {n} tolerated problem{'s' if n != 1 else ''} in the data at {root} (first: {problems[0]}); "
+            f"`mtlbench data check --dataset {spec.key} --data-root {root}` lists them")
+
+
+def reject_options(cls: type, options: dict | None, hook: str) -> None:
+    """A :class:`UserError` when a hook that takes no options was given some."""
+    if options:
+        given = ", ".join(f"--set {k}={v}" for k, v in options.items())
+        raise UserError(f"dataset {getattr(cls, 'registry_name', cls.__name__)!r}: {hook} takes no options, got {given}",
+                        hint="drop them")
+
+
 class MTANPlugin(DatasetPlugin):
     """Base of the plugins for real MTAN-format datasets; subclasses set ``spec``."""
 
@@ -529,6 +603,19 @@ class MTANPlugin(DatasetPlugin):
         return MTANDataset(root, name, self.spec, image_size=self.cfg.image_size,
                            augment=bool(self.cfg.augment) and name == "train")
 
+    @classmethod
+    def check(cls, root, *, full: bool = True, progress: ProgressFn | None = None,
+              options: dict | None = None) -> CheckReport:
+        """Validate an MTAN-format directory (:func:`validate`)."""
+        reject_options(cls, options, "check")
+        path = require_root(root, cls.spec)
+        return check_directory(path, cls.spec, full=full, progress=progress,
+                               remedy=f"get the data again from {cls.spec.source}")
+
+    def validate_for_training(self, log: Callable[[str], None] | None = None) -> None:
+        """Every value checked once per directory state (:func:`validate_values`)."""
+        validate_values(require_root(self.cfg.root, self.spec), self.spec, log=log)
+
 
 def native_size(h: int, w: int):
     """A ``Config.image_size`` default of the dataset's own resolution."""
@@ -536,5 +623,6 @@ def native_size(h: int, w: int):
 
 
 __all__ = ["MTANSpec", "NYUV2", "CITYSCAPES", "Problem", "validate", "problems_error", "require_root",
+           "data_files", "layout_line", "check_directory", "values_error", "validate_values", "reject_options",
            "read_npy_header", "resize_sample", "scale_crop_flip", "random_scale_crop_flip",
            "MTANDataset", "MTANPlugin", "native_size", "check_split_name", "AUG_SCALES", "SPLITS"]

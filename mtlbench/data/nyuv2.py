@@ -20,6 +20,7 @@ class NYUv2(MTANPlugin):
 
     summary = "NYUv2 (MTAN preprocessing, 795 train / 654 val): 13-class semseg, depth (m), normals; needs --data-root"
     family = "nyuv2"
+    display_name = "NYUv2"
     spec = NYUV2
 
     @dataclass

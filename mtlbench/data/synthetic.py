@@ -52,8 +52,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..registry import DATASETS
-from .base import DataConfig, DatasetPlugin
-from .mtan import CITYSCAPES, NYUV2, MTANDataset, MTANSpec, check_split_name
+from .base import CheckReport, DataConfig, DatasetPlugin, ProgressFn, cache_dir
+from .mtan import (CITYSCAPES, NYUV2, MTANDataset, MTANSpec, check_directory, check_split_name, reject_options,
+                   validate_values)
 
 #: bump when the rendering changes, so cached datasets are regenerated
 GENERATOR_VERSION = 1
@@ -823,10 +824,9 @@ def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, hei
         "normal_frame": "camera: x right, y up, z towards the viewer" if variant == "nyuv2" else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    tmp = os.path.join(out, MANIFEST + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=1)
-    os.replace(tmp, os.path.join(out, MANIFEST))
+    from ..runs import atomic_write_json
+
+    atomic_write_json(Path(out) / MANIFEST, manifest)  # written last: it marks the dataset complete
     return manifest
 
 
@@ -853,8 +853,7 @@ def cache_base(root: str | os.PathLike | None = None) -> Path:
     ``~/.cache/mtlbench/synthetic``."""
     if root:
         return Path(root).expanduser()
-    env = os.environ.get("MTLBENCH_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "mtlbench") / "synthetic"
+    return cache_dir() / "synthetic"
 
 
 def ensure_generated(variant: str, n_train: int, n_val: int, height: int, width: int, seed: int,
@@ -905,6 +904,17 @@ class Synthetic(DatasetPlugin):
 
     summary = ("Procedural ray-cast scenes in the MTAN layout (variant nyuv2: 13 classes, depth, normals; "
                "cityscapes: 7 classes, disparity); generated on first use")
+    needs_root = False
+    root_use = "where generated datasets are cached (instead of $MTLBENCH_CACHE/synthetic)"
+    family_options = {v: {"variant": v} for v in VARIANTS}
+    synth_options = {
+        "variant": f"which real dataset the scenes imitate: {' or '.join(VARIANTS)} (default nyuv2)",
+        "n_train": "training images (default 256)",
+        "n_val": "validation images (default 64)",
+        "height": "image height (default 96)",
+        "width": "image width (default 128)",
+        "seed": "generation seed (default 0)",
+    }
 
     @dataclass
     class Config(DataConfig):
@@ -943,3 +953,56 @@ class Synthetic(DatasetPlugin):
         check_split_name(name)
         return MTANDataset(self.data_dir(), name, _spec(self.cfg.variant), image_size=self.cfg.image_size,
                            augment=bool(self.cfg.augment) and name == "train")
+
+    def validate_for_training(self, log: Callable[[str], None] | None = None) -> None:
+        """The generated directory's values, checked once (a damaged cache is caught before training)."""
+        validate_values(self.data_dir(), _spec(self.cfg.variant), log=log)
+
+    @classmethod
+    def check(cls, root, *, full: bool = True, progress: ProgressFn | None = None,
+              options: dict | None = None) -> CheckReport:
+        """Check a directory written by ``mtlbench data synth`` against its variant's MTAN layout.
+
+        The variant comes from the directory's manifest, else from ``options["variant"]``.
+        """
+        options = dict(options or {})
+        wanted = options.pop("variant", None)
+        reject_options(cls, options, "check (beyond variant)")
+        if root is None or not str(root).strip():
+            raise UserError("data check needs the directory to check: pass --data-root DIR",
+                            hint="for synthetic data, a directory written by `mtlbench data synth --out DIR`")
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--data-root {root} is not an existing directory",
+                            hint="pass a directory written by `mtlbench data synth --out DIR`")
+        variant = (read_manifest(path) or {}).get("variant")
+        if variant is not None and wanted is not None and wanted != variant:
+            raise UserError(f"--set variant={wanted}, but {path / MANIFEST} says the data is {variant!r}",
+                            hint="drop the variant option: the manifest knows it")
+        variant = variant or wanted
+        if variant is None:
+            raise UserError(f"{path} has no complete {MANIFEST} (written last by `mtlbench data synth`), "
+                            "so its variant is unknown",
+                            hint=f"pass --variant {'|'.join(VARIANTS)}, or generate the data again")
+        _check_variant(variant)
+        return check_directory(path, _spec(variant), full=full, progress=progress,
+                               remedy="generate the data again with `mtlbench data synth`")
+
+    @classmethod
+    def synth(cls, out: Path, options: dict, progress: ProgressFn | None = None) -> str:
+        """Render a dataset into ``out`` (:func:`generate`); options are ``synth_options`` keys."""
+        from ..config import build_dataclass
+
+        unknown = sorted(set(options) - set(cls.synth_options))
+        if unknown:
+            raise UserError(f"synthetic data generation takes no option {', '.join(unknown)}",
+                            hint=f"its options: {', '.join(cls.synth_options)}")
+        cfg = build_dataclass(cls.Config, options, "dataset", {f"dataset.{k}": "the command line" for k in options})
+        _check_params(cfg.variant, cfg.n_train, cfg.n_val, cfg.height, cfg.width)
+        t0 = time.perf_counter()
+        cb = None if progress is None else (lambda done, total: progress(done, total, ""))
+        generate(cfg.variant, out, cfg.n_train, cfg.n_val, cfg.height, cfg.width, cfg.seed, progress=cb)
+        dt = max(time.perf_counter() - t0, 1e-9)
+        total = cfg.n_train + cfg.n_val
+        return (f"wrote {total} images ({cfg.n_train} train + {cfg.n_val} val, {cfg.variant}, "
+                f"{cfg.height}x{cfg.width}) to {out} in {dt:.1f} s: {total / dt:.0f} images/s")
