@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from mtlbench.registry import BACKBONES, METHODS
 from mtlbench.tasks import Depth, Normal, SemSeg
-from mtlbench.trainer import optimizer_step
+from mtlbench.config import TrainConfig
+from mtlbench.trainer import Optimisation, optimizer_step
 
 MODES = {"fp32": (False, False), "bf16": (True, False), "fp32_cl": (False, True), "bf16_cl": (True, True)}
 
@@ -49,12 +50,12 @@ def time_block(method, batch, device, mode: str, steps: int, warmup: bool) -> li
     fmt = torch.channels_last if cl else torch.contiguous_format
     method.to(memory_format=fmt)
     batch = dict(batch, image=batch["image"].contiguous(memory_format=fmt))
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    optim = Optimisation(method, TrainConfig(lr=1e-4), 10_000)  # the trainer's optimisers
     times = []
     for i in range(steps + int(warmup)):  # a warm-up step: allocator, oneDNN primitives
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        optimizer_step(method, opt, batch, device, "bf16" if bf16 else "none")
+        optimizer_step(method, optim, batch, device, "bf16" if bf16 else "fp32")
         sync(device)
         if i or not warmup:
             times.append((time.perf_counter() - t0, time.process_time() - c0))

@@ -13,7 +13,7 @@ Both methods are built through the config and the registry on ``--preset``
 (quick by default: vit_tiny, synthetic NYUv2-like data, batch 16, 96x128), and a
 step is what the trainer does (``mtlbench.trainer.optimizer_step``):
 ``zero_grad(set_to_none=True)``, ``training_step`` under the trainer's
-autocast, ``backward``, an AdamW step on ``param_groups()``.  ``okd`` is put in its distillation phase (after warm-up),
+autocast, ``backward``, a step of every optimiser of ``Method.optimizers()``.  ``okd`` is put in its distillation phase (after warm-up),
 the regime that costs most.
 
 Time: both methods live in this process and are timed in interleaved rounds,
@@ -24,8 +24,8 @@ Memory: what a step needs *on top of* what the run holds between steps (the
 weights and AdamW's moments; the last step's gradients are dropped before the
 step is measured, as ``zero_grad`` would, so neither method gets credit for
 freeing them early and each pays for all of its fresh gradients).  That steady part grows
-with the number of networks whatever the step does (OKD-MTL trains about 3.3x
-the baseline's parameters on three tasks), so it is reported but not part of
+with the number of networks whatever the step does (OKD-MTL trains N_t + 1
+networks; the parameter counts are in docs/BENCHMARKS.md), so it is reported but not part of
 the 1.6x target, which is about the step's own transient memory: activations
 saved for backward, fresh gradients, the distilled features.  Each method is
 measured in a fresh subprocess, so allocator state from one never serves the
@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader
 
 from mtlbench.api import TrainContext
 from mtlbench.config import resolve
-from mtlbench.trainer import build, optimizer_step, to_device
+from mtlbench.trainer import Optimisation, build, optimizer_step, to_device
 
 MEMORY_TARGET = 1.6
 TIME_SLACK = 1.05
@@ -93,11 +93,13 @@ class Runner:
         self.s = build(self.cfg)
         m = self.s.method
         tc = self.cfg.train
-        # okd: the distillation phase (the last epoch is past any warm-up).
-        m.on_train_start(TrainContext(tc.epochs, 1, self.s.device, None))
-        m.on_epoch_start(tc.epochs - 1)
+        # okd: the first epoch of distillation (after its warm-up), with the single-task
+        # networks still training: the regime that costs most.
+        lead = m.leading_epochs(tc.epochs)
+        m.on_train_start(TrainContext(tc.epochs, 1, self.s.device, None, leading_epochs=lead, train_cfg=tc))
+        m.on_epoch_start(lead)
         m.train()
-        self.opt = torch.optim.AdamW(m.param_groups(), lr=1e-4, weight_decay=tc.weight_decay)
+        self.optim = Optimisation(m, tc, 10_000)  # the trainer's optimisers (AdamW on the quick preset)
         loader = DataLoader(self.s.train_set, batch_size=tc.batch_size, shuffle=False, drop_last=True)
         self.batches = [to_device(b, self.s.device, self.s.channels_last)
                         for b, _ in zip(loader, range(args.batches))]
@@ -108,8 +110,8 @@ class Runner:
         s, m = self.s, self.s.method
         batch = self.batches[self.i % len(self.batches)]
         self.i += 1
-        optimizer_step(m, self.opt, batch, s.device, s.amp)
-        m.after_step(self.i)
+        optimizer_step(m, self.optim, batch, s.device, s.amp)
+        m.after_step(self.i, batch)
 
     def timed_step(self) -> float:
         _sync(self.s.device)
@@ -139,7 +141,7 @@ def measure_memory(method: str, args: argparse.Namespace) -> dict:
         r.step()  # AdamW moments and gradients exist from here on
     deltas, before_all, peaks = [], [], []
     for _ in range(max(args.steps, 2)):
-        r.opt.zero_grad(set_to_none=True)
+        r.optim.zero_grad()
         gc.collect()
         _sync(dev)
         if dev.type == "cuda":

@@ -3,14 +3,14 @@
 Each method is built through the registry and the config (``--preset``, quick by
 default: vit_tiny, synthetic NYUv2-like data, the preset's batch size and image
 size) and trained for real steps on the same real batches, in one process:
-``training_step`` under the trainer's autocast, ``backward``, an AdamW step on
-``param_groups()`` and ``after_step``, as the trainer does.  After warm-up steps
+``training_step`` under the trainer's autocast, ``backward``, a step of every
+optimiser of ``Method.optimizers()`` and ``after_step``, as the trainer does.  After warm-up steps
 for every method, the methods are timed in interleaved rounds (so drift on a
 shared machine hits all of them alike); the report gives each method's mean and
 median step time and its ratio to ``baseline``'s mean, in wall time and in this
-process's CPU time.  On a loaded, shared CPU the wall times swing by 2-3x from
-step to step; with ``--threads 1`` the CPU time counts only the work done and
-is the steadier measure (on CUDA only the wall time means anything).
+process's CPU time.  On a loaded, shared CPU the wall times swing widely from
+step to step (docs/BENCHMARKS.md); with ``--threads 1`` the CPU time counts only
+the work done and is the steadier measure (on CUDA only the wall time means anything).
 
     .venv/bin/python benchmarks/bench_weighting_step.py
     .venv/bin/python benchmarks/bench_weighting_step.py --methods baseline,gradnorm,gradnorm:shared_params=all
@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtlbench.config import resolve
-from mtlbench.trainer import build, optimizer_step, to_device
+from mtlbench.trainer import Optimisation, build, optimizer_step, to_device
 
 DEFAULT_METHODS = "baseline,dwa,gradnorm,uw,rlw"
 
@@ -53,7 +53,7 @@ class Runner:
         self.s = setup
         self.method = setup.method
         self.method.train()
-        self.opt = torch.optim.AdamW(self.method.param_groups(), lr=1e-4)
+        self.optim = Optimisation(self.method, setup.cfg.train, 10_000)  # the trainer's optimisers
         self.step_no = 0
         self.times: list[float] = []
         self.cpu_times: list[float] = []
@@ -62,8 +62,8 @@ class Runner:
         m, s = self.method, self.s
         sync(s.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        optimizer_step(m, self.opt, batch, s.device, s.amp)
-        m.after_step(self.step_no)
+        optimizer_step(m, self.optim, batch, s.device, s.amp)
+        m.after_step(self.step_no, batch)
         sync(s.device)
         self.step_no += 1
         return time.perf_counter() - t0, time.process_time() - c0

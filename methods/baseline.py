@@ -22,3 +22,4 @@ class Baseline(Method):
 
     Config = BaselineConfig
     summary = "equal-weight MTL baseline: shared backbone, Σ L_i (the paper's reference row)"
+    is_delta_reference = True  # the paper measures every row's Δ against this one

@@ -22,7 +22,7 @@ stem and layer1-4: ``--set method.groups=[2,1,1,1]`` gives Vandenhende's
 placement after layer1-4); an int k = k equal groups; a list = the group
 sizes, summing to the layer count.
 
-Choices, against the paper and the implementations (facts §8):
+Choices, against the paper and the implementations (Misra et al.; Vandenhende et al.'s and LibMTL's code):
 
 * α is one scalar per (target, source) pair, initialised 0.9 on the diagonal
   and 0.1 off it (Misra's best (α_S, α_D); Vandenhende's init, whose α is per
@@ -30,7 +30,9 @@ Choices, against the paper and the implementations (facts §8):
   With a single task the one weight starts at 1 (nothing to mix).
 * Misra scales the α learning rate by 10²-10³; here ``stitch_lr_mult``
   (default 1.0, the same rate as the networks, as LibMTL) sets a separate
-  parameter group whose ``lr`` is the OneCycleLR peak of that group.  The
+  parameter group whose learning rate is that multiple of the run's
+  (``lr_mult`` of :class:`mtlbench.api.OptimizerSpec` groups; under OneCycleLR
+  it is that group's peak).  The
   matrices get the trainer's weight decay like every other parameter.
 * Misra initialises the networks from single-task models; here they start
   from the backbone's initialisation (ImageNet weights when configured), like
@@ -51,7 +53,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mtlbench.api import Method, MultiTaskNet, TrainContext
+from mtlbench.api import Method, MultiTaskNet
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -163,7 +165,6 @@ class CrossStitch(Method):
             if len(nets) == 1:  # check the groups before building the other networks
                 sizes = resolve_groups(self.cfg.groups, nets[t].encoder.num_layers)
         self.model = CrossStitchNetwork(nets, sizes, self.cfg.alpha_self, self.cfg.alpha_other)
-        self._base_lr: float | None = None
 
     @property
     def stitch_layers(self) -> list[int]:
@@ -174,19 +175,12 @@ class CrossStitch(Method):
             ends.append(n - 1)
         return ends
 
-    def on_train_start(self, ctx: TrainContext) -> None:
-        if ctx.run is not None:
-            self._base_lr = float(ctx.run.cfg.train.lr)
-
     def param_groups(self) -> list[dict]:
         stitch = self.model.stitch
         rest = [p for p in self.parameters() if p.requires_grad and p is not stitch]
         group: dict[str, Any] = {"params": [stitch]}
         if self.cfg.stitch_lr_mult != 1.0:
-            if self._base_lr is None:
-                raise RuntimeError("cross_stitch: on_train_start (with a run context) must run before "
-                                   "param_groups() when stitch_lr_mult != 1")
-            group["lr"] = self._base_lr * self.cfg.stitch_lr_mult
+            group["lr_mult"] = self.cfg.stitch_lr_mult  # the trainer scales the run's lr
         return [{"params": rest}, group]
 
     def _matrices(self) -> dict[str, list[list[float]]]:

@@ -16,7 +16,7 @@ A task that trains slower than the others (r_i > 1) gets a larger target norm,
 so its weight grows; α (1.5, the paper's NYUv2 value and LibMTL's and KD4MTL's
 default) sets how strongly this restoring force acts.
 
-Choices and departures (see also reference facts §5):
+Choices and departures (the GradNorm paper, KD4MTL's and LibMTL's code):
 
 * ``shared_params: last`` (default, the paper): W = the encoder's last shared
   layer (``Encoder.last_shared_parameters``; ViT: the last block's MLP output
@@ -26,14 +26,15 @@ Choices and departures (see also reference facts §5):
   suggests the theoretical initial loss (log C for cross-entropy) where it is
   known; LibMTL trains epoch 0 with equal weights and uses its mean loss.
   Neither is implemented; L_i(0) is kept in ``extra_state`` for resume.
-* w has its own Adam optimiser with lr ``weight_lr`` = 0.025, stepped in
-  ``backward``, its state in ``extra_state``.  KD4MTL puts w in the network's
+* w has its own Adam optimiser with lr ``weight_lr`` = 0.025 (declared in
+  ``optimizers()``; the trainer steps and checkpoints it).  KD4MTL puts w in the network's
   Adam at lr 1e-4 and LibMTL its softmax logits at 1e-4 (weight decay 1e-5):
   with Adam a weight moves by at most about lr per step, so at 1e-4 the weights
   would barely move in runs of a few hundred steps; 0.025 (Nash-MTL's lr for
   UW's learned weights) lets them move by ~1 within ~40 steps of consistent
-  signal while staying smooth.  w sits outside the trainer's optimiser (no
-  OneCycle schedule, no weight decay).
+  signal while staying smooth.  w's optimiser has no schedule and no weight
+  decay; ``backward`` sets ``w.grad`` = ∇_w L_grad and ``after_step``
+  renormalises w once the trainer has stepped it.
 * Before renormalising, w is clamped at ``MIN_WEIGHT`` so a weight can never
   reach zero or turn negative (which would make its task's loss be maximised);
   the paper does not say what to do there.
@@ -51,20 +52,17 @@ respect to its head's parameters and the shared features z once
 and then backpropagates Σ_i w_i ∂L_i/∂z through the encoder once.  Each head
 and the encoder are thus traversed once, as in the equal-weight baseline; the
 network's gradient is exactly that of Σ w_i L_i (tested against a plain
-backward).  On the quick preset (CPU, 1 thread) a step costs 1.00x the
-baseline's; per-task ``autograd.grad`` into W followed by a full backward costs
-1.25x, since the heads (3 x 2 transformer layers) are then traversed twice.
+backward).  Step-time figures: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mtlbench.api import Method, StepOutput
+from mtlbench.api import Method, OptimizerSpec, StepOutput
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -102,7 +100,6 @@ class GradNorm(Method):
         super().build()
         self.task_weights = nn.Parameter(torch.ones(len(self.task_names)))
         self.initial_losses: torch.Tensor | None = None  # L_i(0), set at the first step
-        self._w_opt: torch.optim.Optimizer | None = None
         self.shared_layer()  # fail at build time if the backbone cannot say what W is
 
     # -- what trains what ----------------------------------------------------
@@ -111,10 +108,10 @@ class GradNorm(Method):
         return [{"params": [p for n, p in self.named_parameters()
                             if p.requires_grad and n != "task_weights"]}]
 
-    def weight_optimizer(self) -> torch.optim.Optimizer:
-        if self._w_opt is None:
-            self._w_opt = torch.optim.Adam([self.task_weights], lr=self.cfg.weight_lr)
-        return self._w_opt
+    def optimizers(self):
+        return [OptimizerSpec("model", self.param_groups()),
+                OptimizerSpec("task_weights", [{"params": [self.task_weights]}], kind="adam",
+                              lr=self.cfg.weight_lr, weight_decay=0.0, scheduled=False)]
 
     def shared_layer(self) -> list[nn.Parameter]:
         """W: the parameters whose per-task gradient norms GradNorm balances."""
@@ -143,9 +140,6 @@ class GradNorm(Method):
         return dict(zip(self.task_names, self.task_weights.detach().tolist()))
 
     # -- the step --------------------------------------------------------------
-    def on_train_start(self, ctx):
-        self.weight_optimizer()  # after the trainer moved w to its device
-
     def training_step(self, batch):
         x = batch["image"]
         # The forward of MultiTaskNet, keeping the shared features z for backward.
@@ -193,7 +187,7 @@ class GradNorm(Method):
         out.logs.update(self._update_weights(out.losses, torch.stack(norms)))
 
     def _update_weights(self, losses: dict[str, torch.Tensor], raw_norms: torch.Tensor) -> dict[str, float]:
-        """One GradNorm step on w; ``raw_norms[i]`` = ‖∇_W L_i‖ (unweighted)."""
+        """Set ``w.grad`` = ∇_w L_grad (the trainer steps w); ``raw_norms[i]`` = ‖∇_W L_i‖ (unweighted)."""
         L = torch.stack([losses[t].detach().float() for t in self.task_names]).to(raw_norms.device)
         if self.initial_losses is None:
             self.initial_losses = L.clone()
@@ -206,30 +200,28 @@ class GradNorm(Method):
         # The target is a constant (the paper): no gradient through Ḡ or r.
         target = (G.mean() * r.pow(self.cfg.alpha)).detach()
         l_grad = (G - target).abs().sum()
-        opt = self.weight_optimizer()
-        opt.zero_grad(set_to_none=True)
         w.grad = torch.autograd.grad(l_grad, w)[0]
-        opt.step()
-        with torch.no_grad():
-            # Renormalise to Σ w = K, so only the tasks' relative weights are learned.
-            w.clamp_(min=MIN_WEIGHT)
-            w.mul_(len(self.task_names) / w.sum())
         logs = {"gradnorm/l_grad": float(l_grad.detach())}
         logs.update({f"grad_norm/{t}": float(g) for t, g in zip(self.task_names, G.detach().tolist())})
         return logs
 
+    def after_step(self, step, batch):
+        with torch.no_grad():
+            # After the trainer stepped w: renormalise to Σ w = K, so only the
+            # tasks' relative weights are learned (never zero or negative).
+            w = self.task_weights
+            w.clamp_(min=MIN_WEIGHT)
+            w.mul_(len(self.task_names) / w.sum())
+        return {}
+
     # -- state -------------------------------------------------------------
     def extra_state(self):
-        return {"initial_losses": None if self.initial_losses is None else self.initial_losses.tolist(),
-                # a copy: Adam's state tensors would otherwise stay shared with a loader's
-                "weight_optimizer": copy.deepcopy(self.weight_optimizer().state_dict())}
+        return {"initial_losses": None if self.initial_losses is None else self.initial_losses.tolist()}
 
     def load_extra_state(self, state):
         l0 = state.get("initial_losses")
         self.initial_losses = (None if l0 is None else
                                torch.tensor(l0, dtype=torch.float32, device=self.task_weights.device))
-        if state.get("weight_optimizer"):
-            self.weight_optimizer().load_state_dict(state["weight_optimizer"])
 
     def summary_info(self):
         return {"final_weights": self.current_weights(),

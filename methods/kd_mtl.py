@@ -27,11 +27,11 @@ SegNet layers (the encoder bottleneck and the last decoder feature); there is no
 official ResNet/ViT version, so one layer is our port (the mtlbench decisions).
 
 Adaptors have their own optimiser, as in the official code: Adam, lr 0.1,
-weight decay 5e-4, no scheduler (``adaptor_lr``, ``adaptor_weight_decay``); they
+weight decay 5e-4, no scheduler (``adaptor_lr``, ``adaptor_weight_decay``),
+declared in ``optimizers()`` so the trainer zeroes, steps and checkpoints it
+(``train.grad_clip``, off by default, bounds it apart from the network); they
 keep PyTorch's default conv initialisation (the official MTAN script's; its
-SegNet script uses Xavier-normal).  The method zeroes their gradients in
-``backward`` and steps them in ``after_step``; the trainer's gradient clipping
-(off by default) does not reach them.
+SegNet script uses Xavier-normal).
 
 Departures and choices:
 
@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import Encoder, Method, StepOutput, TrainContext, count_parameters
+from mtlbench.api import Encoder, Method, OptimizerSpec, StepOutput, TrainContext, count_parameters
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -147,7 +147,6 @@ class KDMTL(Method):
         self.adaptors = nn.ModuleDict({
             t: nn.Conv2d(c_student, self.teachers[t].layer_channels[-1], kernel_size=1, bias=False)
             for t in self.task_names})
-        self.adaptor_opt: torch.optim.Optimizer | None = None
         self.teacher_source: str | None = None  # record id/path the teachers were loaded from
         self.teachers.train(self.cfg.teacher_mode == "train")
 
@@ -162,58 +161,32 @@ class KDMTL(Method):
         # Only the multi-task network: teachers are frozen, adaptors have their own optimiser.
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
-    def _adaptor_optimizer(self) -> torch.optim.Optimizer:
-        if self.adaptor_opt is None:
-            self.adaptor_opt = torch.optim.Adam(self.adaptors.parameters(), lr=self.cfg.adaptor_lr,
-                                                weight_decay=self.cfg.adaptor_weight_decay)
-        return self.adaptor_opt
+    def optimizers(self) -> list[OptimizerSpec]:
+        return [OptimizerSpec("model", self.param_groups()),
+                OptimizerSpec("adaptors", [{"params": list(self.adaptors.parameters())}], kind="adam",
+                              lr=self.cfg.adaptor_lr, weight_decay=self.cfg.adaptor_weight_decay,
+                              scheduled=False)]
 
     # -- teachers -----------------------------------------------------------------
     def on_train_start(self, ctx: TrainContext) -> None:
-        self._adaptor_optimizer()
         if ctx.start_epoch > 0:
             return  # resumed: the teachers' weights came with the checkpoint
         self.load_teachers(ctx.run)
 
     def load_teachers(self, run_ctx: Any) -> None:
         """Copy the encoders of a finished ``stl`` run into the frozen teachers."""
-        from mtlbench.runs import load_trained_method, read_record
+        from mtlbench.runs import load_task_networks
 
-        what = "kd_mtl (its frozen single-task teachers)"
-        if self.cfg.teacher_run:
-            rec = read_record(self.cfg.teacher_run)
-            where = f"method.teacher_run={self.cfg.teacher_run}"
-            if rec.get("method") != "stl":
-                raise UserError(f"{where} is a `{rec.get('method')}` run; the teachers must come "
-                                f"from an `stl` run", hint="point method.teacher_run at an stl record")
-            # Architecture mismatches within a backbone family surface in the strict load below.
-            mine = (run_ctx.cfg.name("backbone") if run_ctx is not None
-                    else getattr(self.backbone, "registry_name", None))
-            theirs = rec["config"]["backbone"].get("name")
-            if mine is not None and theirs != mine:
-                raise UserError(f"{where} was trained with backbone {theirs!r}, this run uses "
-                                f"{mine!r}; teacher and student features must match",
-                                hint="train the stl run with the same --backbone")
-        elif run_ctx is None:
-            raise UserError(f"{what} needs a finished `stl` run, and no run context was given",
-                            hint="run through `mtlbench run` or set method.teacher_run=PATH/TO/RECORD.json")
-        else:
-            rec = run_ctx.require("stl", what, override_key="method.teacher_run")
-            where = f"the stl run {rec['_path']}"
-        stl = load_trained_method(rec, "cpu")
-        nets = getattr(stl, "nets", None)
-        missing = [t for t in self.task_names if nets is None or t not in nets]
-        if missing:
-            raise UserError(f"{where} has no single-task network for {', '.join(missing)}",
-                            hint="train the stl run on the same dataset (the same tasks)")
+        nets, source = load_task_networks(run_ctx, self.task_names, "kd_mtl (its frozen single-task teachers)",
+                                          method="stl", record_path=self.cfg.teacher_run)
         for t in self.task_names:
             try:
                 self.teachers[t].load_state_dict(nets[t].encoder.state_dict())
             except RuntimeError as exc:
-                raise UserError(f"the {t} network of {where} does not fit this run's encoder: "
+                raise UserError(f"the {t} network of the stl run {source} does not fit this run's encoder: "
                                 f"{str(exc).splitlines()[0][:300]}",
                                 hint="train the stl run with the same backbone options") from exc
-        self.teacher_source = rec.get("id") or rec["_path"]
+        self.teacher_source = source
 
     # -- the step -------------------------------------------------------------------
     def training_step(self, batch: dict) -> StepOutput:
@@ -234,23 +207,11 @@ class KDMTL(Method):
         logs = {f"distill/{t}": float(d.detach()) for t, d in distill.items()}
         return StepOutput(losses=losses, loss=total, logs=logs, extra={"distill": distill})
 
-    def backward(self, out: StepOutput) -> None:
-        # The trainer zeroes only its own optimiser's gradients.
-        self._adaptor_optimizer().zero_grad(set_to_none=True)
-        out.loss.backward()
-
-    def after_step(self, step: int) -> dict[str, float]:
-        self._adaptor_optimizer().step()
-        return {}
-
     # -- state ------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        return {"adaptor_opt": self._adaptor_optimizer().state_dict(),
-                "teacher_source": self.teacher_source}
+        return {"teacher_source": self.teacher_source}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if "adaptor_opt" in state:
-            self._adaptor_optimizer().load_state_dict(state["adaptor_opt"])
         self.teacher_source = state.get("teacher_source", self.teacher_source)
 
     def summary_info(self) -> dict[str, Any]:

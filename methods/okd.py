@@ -1,9 +1,7 @@
-"""OKD-MTL: online knowledge distillation for multi-task learning.
+"""OKD-MTL: online knowledge distillation for multi-task learning, in two profiles.
 
 Jacob, Agarwal and Stenger, "Online Knowledge Distillation for Multi-task
-Learning", WACV 2023 (§3, Eq. 1-3; ablations in Tables 4 and 5).  No official
-code was released: this follows the paper; the choices it leaves open are
-listed below and marked "ours".
+Learning", WACV 2023 (§3, Eq. 1-3; ablations in Tables 4 and 5).
 
 N_t single-task networks (one backbone + one head each) and the multi-task
 network (shared backbone + N_t heads, the deployable model) train together on
@@ -11,109 +9,180 @@ the same batches with
 
     L = L_AFD + Σ_i (L_STL^i + λ_i · L_MTL^i)                          (Eq. 1)
 
-* **AFD** (Eq. 2): L_AFD = Σ_l ‖f_MTL(l) − Σ_i ω_i^l f_STL^i(l)‖² over every
-  encoder layer l (``Features.layers``: ViT 12 blocks, CNN 5 stages).  The
-  single-task features are detached (the paper's stop-gradient, after rocket
-  launching): no gradient of L_AFD reaches a single-task network.
-  ‖·‖² is the *mean* of the squared error over a layer's elements, summed over
-  layers (ours): the sum over elements would scale with batch and image size
-  (~10^5-10^6 elements per ViT layer) and dwarf the O(1) task losses, while
-  the per-layer mean keeps each layer's term on the scale of one feature's
-  squared error whatever the resolution, and the sum over layers keeps Eq. 2's Σ_l.
-  ω (shape N_t x L) is learnable, randomly initialised from U(0, 2/N_t) (ours:
-  the paper says only "randomly initialised"; this makes E[Σ_i ω_i^l] = 1, so
-  the initial target is on the scale of one network's features while the
-  spread breaks the symmetry that AFD-equal keeps), and trained by the
-  trainer's optimiser and schedule like the networks (the paper's words),
-  in its own parameter group without weight decay (ours: decaying mixing
-  weights toward 0 would pull the target toward zero features).
-* **OTW** (Eq. 3): λ_i = N_t · softmax_i(m_i / T), m_i = L_MTL^i / L_STL^i at
-  the current iteration, T = 0.1; λ carries no gradient.  ``otw: false`` sets
-  λ_i = 1.
+the single-task features detached in L_AFD (the paper's stop-gradient, after
+rocket launching): L_AFD and the λ-weighted multi-task losses train the
+multi-task network and ω, each L_STL^i its own single-task network.
+
+Two profiles (``profile``)
+--------------------------
+The paper's text and the authors' public training script differ in ways the
+text never mentions (``shared/reference/okd-official-code.md`` in the project's
+notes).  Both are here; ``profile`` sets the default of every option that
+differs, and each difference is an option of its own, so an ablation can cite
+it:
+
+============================  =================================  =====================================
+option                        ``text`` (the paper, Eq. 2-3)      ``script`` (the authors' script)
+============================  =================================  =====================================
+``afd_features``              ``raw``: mean squared error of      ``normalized``: features L2-normalised
+                              the raw features per layer          per token (eps 1e-6 under the root),
+                                                                  squared error summed over channels,
+                                                                  averaged over positions and batch
+``omega_init``                ``uniform_2_over_n``: U(0, 2/N_t)   ``uniform_0_1``: U(0, 1)
+``omega_optimizer``           ``shared``: the run's optimiser     ``adam``: its own Adam, lr 1e-3,
+                              and schedule, no weight decay       weight decay 5e-4, no schedule
+``otw_schedule``              ``step``: Eq. 3 at every step       ``epoch``: once per epoch from the
+                                                                  previous epoch's mean losses (epoch 0:
+                                                                  λ = 1; epoch 1: ratios capped at 1;
+                                                                  exp(m/T) capped at 10, NaN counted 10)
+``stl_train_fraction``        1.0: single-task networks train     1/3: they stop after a third of the
+                              to the end                          run (the script: epoch 100 of 300) and
+                                                                  keep supplying features and losses
+============================  =================================  =====================================
+
+**The default profile is ``script``**: it is what produced the published
+numbers (Tables 1-5), so it is the method as its authors ran it; ``text`` is
+the method as readers of the paper implement it, and is one flag away
+(``--set method.profile=text``).  On our data the text profile collapses
+(docs/RESULTS.md).  Note what the script's OTW does at T = 0.1: exp(m/T) hits
+the cap of 10 as soon as m > T·ln 10 ≈ 0.23, so for ordinary loss ratios every
+term is capped and λ_i = 1 for all tasks: equal weighting, unless a task's
+multi-task loss falls below about a quarter of its single-task loss.
+
+The training recipe is the preset's, not the method's: the script's is the
+``script`` preset (Adam, lr 1e-4, weight decay 1e-5, no schedule, batch 8, 300
+epochs, the lowest-training-loss epoch reported); the paper's text is the
+``paper`` preset (AdamW + OneCycle, lr 1e-3, 200 epochs).
+
+Both profiles
+-------------
 * **Warm-up** (§3.3): the single-task networks train alone for
-  ``warmup_epochs`` (5) before the multi-task network and distillation start;
-  the multi-task network is not run during warm-up.  Capped (ours) at
-  ``floor(warmup_max_fraction · epochs)`` (default a quarter of the run) and
-  at ``epochs - 1`` (the deployable network always trains): the
-  paper's 5 of 200 epochs is 2.5%, but 5 epochs of the quick preset's 8 would
-  leave the deployable model 3 epochs, and the smoke preset's single epoch
-  none.  The effective value is in the record (``method_info``).  During
-  warm-up a step's task losses (``loss/<task>``, ``train_loss``) are the
-  single-task networks'; afterwards they are the multi-task network's.
+  ``warmup_epochs`` (5) *before* the run's schedule (``Method.leading_epochs``):
+  the multi-task network then trains for all of ``train.epochs`` on exactly the
+  baseline's schedule (same epochs, same learning-rate curve), as in the
+  script.  The warm-up is capped (ours) at ``floor(warmup_max_fraction ·
+  epochs)`` (a quarter of the run by default: the paper's 5 of 200 epochs is
+  2.5%, but 5 extra epochs on the quick preset's 8 would be more than half
+  again); the record's ``schedule.leading_epochs`` says how many ran.  The
+  multi-task network is not run during warm-up; a step's task losses are then
+  the single-task networks'.  The single-task networks' own optimiser follows
+  the schedule over the warm-up and the run together.
+* **AFD** (Eq. 2) over every encoder layer l (``Features.layers``: ViT 12
+  blocks' patch tokens, CNN 5 stages), summed over layers.  ``text``: the
+  per-layer term is the *mean* of the squared error over the layer's elements
+  (ours: the sum over elements would scale with batch and image size and dwarf
+  the O(1) task losses).
+* **ω** (N_t x L) is learnable.  ``text``: U(0, 2/N_t) (ours: the paper says
+  only "randomly initialised"; this makes E[Σ_i ω_i^l] = 1), trained by the
+  run's optimiser and schedule like the networks (the paper's words), in its
+  own parameter group without weight decay.
+* **OTW** (Eq. 3): λ_i = N_t · softmax_i(m_i / T), m_i = L_MTL^i / L_STL^i,
+  T = 0.1; λ carries no gradient.  ``otw: false`` sets λ_i = 1.
 
 Variants (Tables 4 and 5), as config values tables can cite:
 
-* ``afd``: ``ours`` (learnable ω on every layer), ``equal`` (ω = 1, as the
-  paper says: the target is the *sum* of the single-task features),
-  ``softmax`` (ω normalised across tasks per layer), ``select_skip`` (per
-  layer, distil only from the argmax task of softmax(ω); ours: the one-hot
-  selection is made differentiable with a straight-through estimator whose
-  backward is the softmax's, otherwise ω would get no gradient and the
-  selection would stay frozen at its random initialisation), ``last_layer``
-  (learnable ω on the last layer only), ``none`` (no AFD);
+* ``afd``: ``ours`` (learnable ω on every layer), ``equal`` (ω = 1: the target
+  is the *sum* of the single-task features), ``softmax`` (ω normalised across
+  tasks per layer), ``select_skip`` (per layer, distil only from the argmax
+  task of softmax(ω); ours: made differentiable with a straight-through
+  estimator whose backward is the softmax's, otherwise ω would never move),
+  ``last_layer`` (learnable ω on the last layer only), ``none`` (no AFD);
 * ``otw``: on/off; ``T``: the OTW temperature (Table 5 right);
 * ``teachers``: ``online`` (the method) or ``pretrained`` (Table 4's
   "MTL-pretrained-AFD": frozen single-task networks copied from a finished
-  ``stl`` run of the same dataset, backbone, preset, recipe and seed, or from
-  the record named by ``teacher_run``; no warm-up, no single-task updates; the
-  paper's row has OTW off: add ``--set method.otw=false``).
+  ``stl`` run of the same setting, or the record named by ``teacher_run``; no
+  warm-up, no single-task updates; the paper's row has OTW off).
 
 Records: per step ``mtl/<task>``, ``stl/<task>``, ``lambda/<task>`` and
 ``afd``; per epoch ``phase``, the raw ω (``omega``: {task: [per layer]}, the
 paper's Fig. 4) and the weights AFD used (``afd_weights``); metrics of the
 multi-task network (``""``) and, apart, of the single-task networks
-(``"stl"``).
+(``"stl"``); ``method_info`` says which profile ran and every resolved option.
 
-A lean step: in ``training_step`` each single-task network runs forward, its
-loss is back-propagated at once (freeing its graph) and only its detached
-features are kept (the trainer zeroes gradients before ``training_step``).
-Then the multi-task network runs, and ``backward`` differentiates its loss and
-L_AFD.  Peak memory is thus one single-task graph or the
-multi-task graph, not all N_t + 1 graphs at once (``benchmarks/bench_okd_step.py``).
-With ``train.grad_clip`` set, the trainer clips each network's gradient norm on
-its own (``clip_groups``: the multi-task network with ω, then each single-task
-network), so a spike in the multi-task network does not slow its teachers.
+A lean step, by the step rule of :mod:`mtlbench.api`: in ``training_step``
+each single-task network runs forward and its loss is back-propagated at once
+(freeing its graph), keeping only detached features; then the multi-task
+network runs, and ``backward`` differentiates its loss and L_AFD.  Peak memory
+is one single-task graph or the multi-task graph, not all N_t + 1 at once.
+With ``train.grad_clip`` set, each network's gradient is clipped on its own
+(``clip_groups``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import Method, StepOutput, TaskNetworks, TrainContext
+from mtlbench.api import Method, OptimizerSpec, StepOutput, TaskNetworks, TrainContext
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
 AFD_VARIANTS = ("ours", "equal", "softmax", "select_skip", "last_layer", "none")
 TEACHERS = ("online", "pretrained")
+PROFILES = ("script", "text")
 #: variants whose distillation weights are learnable parameters
 LEARNABLE = ("ours", "softmax", "select_skip", "last_layer")
 _EPS = 1e-8
+#: the script's normalisation: eps under the square root
+NORM_EPS = 1e-6
+#: the script's cap on exp(m / T) in per-epoch OTW
+OTW_CAP = 10.0
+#: the script's own Adam for ω
+OMEGA_ADAM = {"lr": 1e-3, "weight_decay": 5e-4}
+
+#: what each profile sets (the options left at None take these values)
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"afd_features": "raw", "omega_init": "uniform_2_over_n", "omega_optimizer": "shared",
+             "otw_schedule": "step", "stl_train_fraction": 1.0},
+    "script": {"afd_features": "normalized", "omega_init": "uniform_0_1", "omega_optimizer": "adam",
+               "otw_schedule": "epoch", "stl_train_fraction": 1.0 / 3.0},
+}
+CHOICES = {"afd_features": ("raw", "normalized"), "omega_init": ("uniform_2_over_n", "uniform_0_1"),
+           "omega_optimizer": ("shared", "adam"), "otw_schedule": ("step", "epoch")}
 
 
 @dataclass
 class OKDConfig:
-    """Options of ``okd`` (defaults: the paper's full method, AFD-ours + OTW)."""
+    """Options of ``okd`` (defaults: the full method, AFD-ours + OTW, as the authors' script runs it).
 
+    The options left at None take their ``profile``'s value (see the module docstring).
+    """
+
+    profile: str = "script"  # script (the authors' training script) | text (the paper's text)
     afd: str = "ours"  # ours | equal | softmax | select_skip | last_layer | none (Table 5)
+    afd_features: str | None = None  # raw (text) | normalized (script): what AFD compares
+    omega_init: str | None = None  # uniform_2_over_n (text) | uniform_0_1 (script)
+    omega_optimizer: str | None = None  # shared (text: the run's optimiser) | adam (script: own Adam)
     otw: bool = True  # online task weighting (Eq. 3); false: λ_i = 1
+    otw_schedule: str | None = None  # step (text: Eq. 3 every step) | epoch (script: per epoch, capped)
     T: float = 0.1  # OTW temperature (the paper: 0.1; Table 5 right)
-    warmup_epochs: int = 5  # single-task networks alone first (the paper: 5)
+    stl_train_fraction: float | None = None  # share of the run the single-task nets train (text 1, script 1/3)
+    warmup_epochs: int = 5  # single-task networks alone first, before the run's schedule (the paper: 5)
     warmup_max_fraction: float = 0.25  # cap the warm-up at this share of train.epochs
     teachers: str = "online"  # online | pretrained (frozen nets of an `stl` run, Table 4)
     teacher_run: str | None = None  # teachers=pretrained: this stl record instead of searching
 
     def validate(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"method.profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if self.afd not in AFD_VARIANTS:
             raise ValueError(f"method.afd must be one of {', '.join(AFD_VARIANTS)}, got {self.afd!r}")
+        for key, allowed in CHOICES.items():
+            v = getattr(self, key)
+            if v is not None and v not in allowed:
+                raise ValueError(f"method.{key} must be one of {', '.join(allowed)} (or null: the "
+                                 f"profile's), got {v!r}")
         if self.teachers not in TEACHERS:
             raise ValueError(f"method.teachers must be online or pretrained, got {self.teachers!r}")
-        if not self.T > 0:
+        if not (self.T > 0 and math.isfinite(self.T)):
             raise ValueError(f"method.T (OTW temperature) must be > 0, got {self.T}")
+        if self.stl_train_fraction is not None and not 0.0 < self.stl_train_fraction <= 1.0:
+            raise ValueError("method.stl_train_fraction must be in (0, 1] (or null: the profile's), "
+                             f"got {self.stl_train_fraction}")
         if self.warmup_epochs < 0:
             raise ValueError(f"method.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0.0 <= self.warmup_max_fraction <= 1.0:
@@ -123,9 +192,17 @@ class OKDConfig:
             raise ValueError("method.teacher_run names an stl run for frozen teachers; "
                              "it needs method.teachers=pretrained")
 
+    def resolved(self) -> dict[str, Any]:
+        """Every option with the profile's values filled in."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in PROFILE_DEFAULTS[self.profile].items():
+            if out[k] is None:
+                out[k] = v
+        return out
+
 
 # ---------------------------------------------------------------------------
-# the two formulas, as functions (tested against hand computations)
+# the formulas, as functions (tested against hand computations)
 # ---------------------------------------------------------------------------
 
 def otw_weights(mtl_losses: torch.Tensor, stl_losses: torch.Tensor, T: float) -> torch.Tensor:
@@ -142,20 +219,63 @@ def otw_weights(mtl_losses: torch.Tensor, stl_losses: torch.Tensor, T: float) ->
     return mtl.numel() * torch.softmax(ratio / T, dim=0)
 
 
-def afd_loss(f_mtl: Sequence[torch.Tensor], f_stl: Sequence[Sequence[torch.Tensor]],
-             weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 over the given layers: Σ_l mean((f_MTL(l) − Σ_i w[i, l] f_STL^i(l))²).
+def otw_epoch_weights(prev_mtl: Sequence[float] | None, prev_stl: Sequence[float] | None,
+                      joint_epoch: int, T: float, n_tasks: int) -> list[float]:
+    """The script's OTW for one epoch, from the previous epoch's mean training losses.
 
-    ``f_mtl[l]``: the multi-task features of layer l; ``f_stl[i][l]``: task i's
-    single-task features of the same layer (detached by the caller);
-    ``weights``: ``(N_t, len(f_mtl))``.  Computed in float32 (features may be
-    bf16 under autocast).
+    ``joint_epoch`` counts the epochs after warm-up.  Epoch 0 (or no previous
+    epoch): λ_i = 1.  Otherwise w_i = mean L_MTL^i / mean L_STL^i of the previous
+    epoch, capped at 1 in epoch 1; term_i = min(exp(w_i / T), 10), a NaN term
+    counting as 10; λ_i = N_t · term_i / Σ_j term_j.  At T = 0.1 every ratio
+    above 0.1·ln 10 ≈ 0.23 hits the cap, so ordinary ratios give λ_i = 1.
+    """
+    if joint_epoch <= 0 or prev_mtl is None or prev_stl is None:
+        return [1.0] * n_tasks
+    terms = []
+    for m, st in zip(prev_mtl, prev_stl):
+        w = m / st if st != 0 else float("nan")
+        if joint_epoch == 1 and not math.isnan(w):
+            w = min(w, 1.0)
+        try:
+            term = math.exp(w / T)
+        except OverflowError:
+            term = math.inf
+        terms.append(OTW_CAP if math.isnan(term) else min(term, OTW_CAP))
+    z = sum(terms)
+    return [n_tasks * t / z for t in terms]
+
+
+def afd_loss(f_mtl: Sequence[torch.Tensor], f_stl: Sequence[Sequence[torch.Tensor]],
+             weights: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Eq. 2 over the given layers, summed over layers, in float32.
+
+    ``f_mtl[l]``: the multi-task features of layer l, ``(B, C, h, w)``;
+    ``f_stl[i][l]``: task i's single-task features of the same layer (detached
+    by the caller); ``weights``: ``(N_t, len(f_mtl))``.
+
+    ``normalize=False`` (the text): Σ_l mean((f_MTL(l) − Σ_i w[i, l] f_STL^i(l))²)
+    over every element.  ``normalize=True`` (the script): each feature vector
+    (per position, over channels) is divided by sqrt(Σ_c f_c² + 1e-6), both the
+    multi-task one and each single-task one; the squared difference is summed
+    over channels and averaged over positions and batch.
     """
     total = f_mtl[0].new_zeros((), dtype=torch.float32)
     for j, fm in enumerate(f_mtl):
-        target = sum(weights[i, j] * f_stl[i][j].float() for i in range(len(f_stl)))
-        total = total + F.mse_loss(fm.float(), target)
+        fm = fm.float()
+        stl = [f_stl[i][j].float() for i in range(len(f_stl))]
+        if normalize:
+            fm = _channel_normalize(fm)
+            stl = [_channel_normalize(f) for f in stl]
+        target = sum(weights[i, j] * stl[i] for i in range(len(stl)))
+        if normalize:
+            total = total + (fm - target).pow(2).sum(1).mean()
+        else:
+            total = total + F.mse_loss(fm, target)
     return total
+
+
+def _channel_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).sum(1, keepdim=True) + NORM_EPS)
 
 
 # ---------------------------------------------------------------------------
@@ -168,16 +288,23 @@ class OKD(Method):
 
     Config = OKDConfig
     summary = ("OKD-MTL (the paper's method): N single-task nets train online beside the "
-               "MTL net; adaptive feature distillation + online task weighting")
+               "MTL net; adaptive feature distillation + online task weighting (profiles script|text)")
 
     @classmethod
     def requires(cls, cfg: OKDConfig) -> list[str]:
         """Methods whose finished runs this configuration needs first."""
         return ["stl"] if cfg.teachers == "pretrained" and not cfg.teacher_run else []
 
+    @classmethod
+    def figures(cls):
+        from mtlbench.methods.okd_figures import FIGURES
+
+        return FIGURES
+
     # -- building ----------------------------------------------------------
     def build(self) -> None:
         cfg = self.cfg
+        self.opts = cfg.resolved()
         self.model = self.make_network(self.task_names)  # the deployable multi-task network
         self.stl = TaskNetworks({t: self.make_network([t]) for t in self.task_names})
         n_layers = self.model.encoder.num_layers
@@ -189,16 +316,22 @@ class OKD(Method):
                            [n_layers - 1] if cfg.afd == "last_layer" else list(range(n_layers)))
         n = len(self.task_names)
         if cfg.afd in LEARNABLE:
-            # U(0, 2/N_t): E[Σ_i ω_i^l] = 1, see the module docstring.
-            self.omega = nn.Parameter(torch.empty(n, len(self.afd_layers)).uniform_(0.0, 2.0 / n))
+            hi = 2.0 / n if self.opts["omega_init"] == "uniform_2_over_n" else 1.0
+            self.omega = nn.Parameter(torch.empty(n, len(self.afd_layers)).uniform_(0.0, hi))
         else:
             self.register_parameter("omega", None)
         if cfg.teachers == "pretrained":
             self.stl.requires_grad_(False)
-        # capped in on_train_start; none with pretrained teachers (they are trained)
-        self.warmup_epochs = 0 if cfg.teachers == "pretrained" else cfg.warmup_epochs
+        # set in on_train_start: the run's leading (warm-up) epochs and the epoch the
+        # single-task networks stop training (joint epochs are counted after warm-up)
+        self.warmup_epochs = 0
+        self.stl_stop_epoch: int | None = None
         self._epoch: int | None = None  # None: not told, distil (e.g. a bare training_step)
         self.teacher_record: str | None = None
+        # per-epoch OTW (script): this epoch's λ and loss sums, the previous epoch's means
+        self._lam_epoch: list[float] | None = None
+        self._sums = {"mtl": [0.0] * n, "stl": [0.0] * n, "n": 0}
+        self._prev_means: dict[str, list[float]] | None = None
 
     @property
     def stl_nets(self) -> nn.ModuleDict:
@@ -207,12 +340,25 @@ class OKD(Method):
     def eval_models(self):
         return {"": self.model, "stl": self.stl}
 
-    def param_groups(self):
-        nets = [p for name, p in self.named_parameters() if p.requires_grad and name != "omega"]
-        groups = [{"params": nets}]
-        if self.omega is not None:
-            groups.append({"params": [self.omega], "weight_decay": 0.0})
-        return groups
+    def _stl_params(self) -> list[nn.Parameter]:
+        return [p for p in self.stl.parameters() if p.requires_grad]
+
+    def optimizers(self):
+        mtl = [p for p in self.model.parameters() if p.requires_grad]
+        specs = []
+        if self.omega is not None and self.opts["omega_optimizer"] == "shared":
+            specs.append(OptimizerSpec("model", [{"params": mtl},
+                                                 {"params": [self.omega], "weight_decay": 0.0}]))
+        else:
+            specs.append(OptimizerSpec("model", [{"params": mtl}]))
+            if self.omega is not None:
+                specs.append(OptimizerSpec("omega", [{"params": [self.omega]}], kind="adam",
+                                           scheduled=False, **OMEGA_ADAM))
+        stl = self._stl_params()
+        if stl:
+            # the single-task networks train over the warm-up and the run: their schedule spans both
+            specs.append(OptimizerSpec("stl", [{"params": stl}], schedule_leading=True))
+        return specs
 
     def clip_groups(self):
         mtl = [p for p in self.model.parameters() if p.requires_grad]
@@ -229,62 +375,69 @@ class OKD(Method):
 
     # -- schedule ----------------------------------------------------------
     def effective_warmup(self, epochs: int) -> int:
-        """The warm-up epochs of a run of ``epochs`` epochs (0 with pretrained teachers)."""
+        """The warm-up epochs before a run of ``epochs`` epochs (0 with pretrained teachers)."""
         if self.cfg.teachers == "pretrained":
             return 0  # the teachers are trained already
-        # At most the configured share of the run, and never all of it: the
-        # deployable network gets at least one epoch.
-        cap = min(math.floor(self.cfg.warmup_max_fraction * epochs + 1e-9), epochs - 1)
+        cap = math.floor(self.cfg.warmup_max_fraction * epochs + 1e-9)
         return max(0, min(self.cfg.warmup_epochs, cap))
+
+    def leading_epochs(self, epochs: int) -> int:
+        return self.effective_warmup(epochs)
+
+    def stl_epochs(self, epochs: int) -> int:
+        """Joint epochs during which the single-task networks still train."""
+        return max(1, round(self.opts["stl_train_fraction"] * epochs))
 
     @property
     def distilling(self) -> bool:
         """Whether the multi-task network trains (after warm-up)."""
         return self._epoch is None or self._epoch >= self.warmup_epochs
 
-    def reportable(self, epoch: int) -> bool:
-        # During warm-up the multi-task network is untrained: never report those epochs.
-        return epoch >= self.warmup_epochs
+    @property
+    def joint_epoch(self) -> int | None:
+        return None if self._epoch is None else self._epoch - self.warmup_epochs
+
+    @property
+    def stl_training(self) -> bool:
+        """Whether the single-task networks train in the current epoch."""
+        if self.cfg.teachers == "pretrained":
+            return False
+        j = self.joint_epoch
+        return j is None or self.stl_stop_epoch is None or j < self.stl_stop_epoch
 
     def on_train_start(self, ctx: TrainContext) -> None:
-        self.warmup_epochs = self.effective_warmup(ctx.epochs)
+        self.warmup_epochs = ctx.leading_epochs
+        self.stl_stop_epoch = self.stl_epochs(ctx.epochs)
         if self.cfg.teachers == "pretrained" and ctx.start_epoch == 0:
             # On resume the teachers come back with the checkpoint's state dict.
             self._load_teachers(ctx)
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
+        n = len(self.task_names)
+        self._sums = {"mtl": [0.0] * n, "stl": [0.0] * n, "n": 0}
+        if self.opts["otw_schedule"] == "epoch" and self.distilling:
+            prev = self._prev_means
+            self._lam_epoch = otw_epoch_weights(prev and prev["mtl"], prev and prev["stl"],
+                                                self.joint_epoch, self.cfg.T, n)
 
     # -- teachers ------------------------------------------------------------
     def _load_teachers(self, ctx: TrainContext) -> None:
-        from mtlbench.runs import load_trained_method, read_record
+        from mtlbench.runs import load_task_networks
 
-        what = "okd with method.teachers=pretrained (Table 4's MTL-pretrained-AFD)"
-        if self.cfg.teacher_run:
-            rec = read_record(self.cfg.teacher_run)
-        elif ctx.run is not None:
-            rec = ctx.run.require("stl", what, override_key="method.teacher_run")
-        else:
-            raise UserError(f"{what} needs a finished stl run, and no results directory is known",
-                            hint="name one with --set method.teacher_run=PATH/TO/RECORD.json")
-        if rec.get("method") != "stl":
-            raise UserError(f"method.teacher_run {rec['_path']!r} is a {rec.get('method')!r} run, "
-                            "not an stl run", hint="point it at a record under runs/*/*/stl/")
-        teacher = load_trained_method(rec)
+        nets, source = load_task_networks(
+            ctx.run, self.task_names, "okd with method.teachers=pretrained (Table 4's MTL-pretrained-AFD)",
+            method="stl", record_path=self.cfg.teacher_run)
         for t, net in self.stl_nets.items():
-            if t not in teacher.nets:
-                raise UserError(f"the stl run {rec['_path']!r} has no {t!r} network "
-                                f"(it has {', '.join(teacher.nets)})",
-                                hint="use an stl run of the same dataset")
             try:
-                net.load_state_dict(teacher.nets[t].state_dict())
+                net.load_state_dict(nets[t].state_dict())
             except RuntimeError as exc:
-                raise UserError(f"the {t} network of stl run {rec['_path']!r} does not fit this "
+                raise UserError(f"the {t} network of the stl run {source} does not fit this "
                                 f"backbone: {str(exc).splitlines()[0][:200]}",
                                 hint="use an stl run with the same backbone and backbone options") from exc
         self.stl.requires_grad_(False)
         self.train(self.training)
-        self.teacher_record = rec["_path"]
+        self.teacher_record = source
 
     # -- the step ------------------------------------------------------------
     def afd_weights(self) -> torch.Tensor | None:
@@ -308,21 +461,18 @@ class OKD(Method):
     def training_step(self, batch: dict) -> StepOutput:
         x = batch["image"]
         distill = self.distilling
-        online = self.cfg.teachers == "online"
+        train_stl = self.stl_training and torch.is_grad_enabled()
         want_feats = distill and bool(self.afd_layers)
-        grad_on = torch.is_grad_enabled()
 
         stl_losses: dict[str, torch.Tensor] = {}
         stl_feats: list[list[torch.Tensor]] = []
         for t, net in self.stl_nets.items():
-            train_it = online and grad_on
-            with torch.enable_grad() if train_it else torch.no_grad():
+            with torch.enable_grad() if train_stl else torch.no_grad():
                 preds, feats = net(x, return_features=True) if want_feats else (net(x), None)
                 loss = self.tasks[t].loss(preds[t], batch[t])
-            if train_it:
-                # Back-propagate this network's own loss now, so its graph is freed
-                # before the next network runs (the trainer zeroes gradients before
-                # training_step, so these are the step's gradients).
+            if train_stl:
+                # The step rule: back-propagate this network's own loss now, so its
+                # graph is freed before the next network runs.
                 with torch.autocast(x.device.type, enabled=False):
                     loss.backward()
             stl_losses[t] = loss.detach()
@@ -331,10 +481,6 @@ class OKD(Method):
                 stl_feats.append([feats.layers[l].detach() for l in self.afd_layers])
             del preds, feats, loss
         logs = {f"stl/{t}": float(v) for t, v in stl_losses.items()}
-        bad = [t for t, v in logs.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"the single-task {bad[0][4:]} loss became {logs[bad[0]]}; "
-                                     "lower train.lr or set train.grad_clip")
         if not distill:
             # Warm-up: only the single-task networks train; their losses stand in
             # for the task losses of the step (the multi-task network is not run).
@@ -345,11 +491,17 @@ class OKD(Method):
         mtl_losses = self.task_losses(preds, batch)
         mtl = torch.stack([mtl_losses[t] for t in self.task_names])
         stl = torch.stack([stl_losses[t] for t in self.task_names])
-        lam = (otw_weights(mtl, stl, self.cfg.T) if self.cfg.otw
-               else torch.ones_like(mtl))
+        if not self.cfg.otw:
+            lam = torch.ones_like(mtl)
+        elif self.opts["otw_schedule"] == "epoch":
+            lam_list = self._lam_epoch or [1.0] * len(self.task_names)
+            lam = torch.tensor(lam_list, dtype=mtl.dtype, device=mtl.device)
+        else:
+            lam = otw_weights(mtl, stl, self.cfg.T)
         total = (lam * mtl).sum()
         if want_feats:
-            l_afd = afd_loss([feats.layers[l] for l in self.afd_layers], stl_feats, self.afd_weights())
+            l_afd = afd_loss([feats.layers[l] for l in self.afd_layers], stl_feats, self.afd_weights(),
+                             normalize=self.opts["afd_features"] == "normalized")
             total = total + l_afd
         else:
             l_afd = total.new_zeros(())
@@ -357,6 +509,9 @@ class OKD(Method):
         for i, t in enumerate(self.task_names):
             logs[f"mtl/{t}"] = float(mtl_losses[t].detach())
             logs[f"lambda/{t}"] = lam_values[i]
+            self._sums["mtl"][i] += logs[f"mtl/{t}"]
+            self._sums["stl"][i] += logs[f"stl/{t}"]
+        self._sums["n"] += 1
         logs["afd"] = float(l_afd.detach())
         return StepOutput(losses=mtl_losses, loss=total, logs=logs)
 
@@ -379,18 +534,29 @@ class OKD(Method):
         return out
 
     def on_epoch_end(self, epoch: int, losses: dict[str, float]) -> dict:
-        phase = "warmup" if self._epoch is not None and self._epoch < self.warmup_epochs else "distill"
-        return {"phase": phase, **self._omega_logs()}
+        phase = "warmup" if not self.distilling else ("distill" if self.stl_training else "distill_frozen_stl")
+        out: dict[str, Any] = {"phase": phase, **self._omega_logs()}
+        n = self._sums["n"]
+        if self.distilling and n:
+            self._prev_means = {k: [v / n for v in self._sums[k]] for k in ("mtl", "stl")}
+        if self._lam_epoch is not None and self.distilling:
+            out["lambda"] = dict(zip(self.task_names, self._lam_epoch))
+        return out
 
     def extra_state(self) -> dict:
-        return {"teacher_record": self.teacher_record} if self.teacher_record else {}
+        st: dict[str, Any] = {"prev_means": self._prev_means}
+        if self.teacher_record:
+            st["teacher_record"] = self.teacher_record
+        return st
 
     def load_extra_state(self, state: dict) -> None:
         self.teacher_record = state.get("teacher_record", self.teacher_record)
+        self._prev_means = state.get("prev_means", self._prev_means)
 
     def summary_info(self) -> dict:
-        info = {"warmup_epochs": self.warmup_epochs,
-                "warmup_epochs_configured": self.cfg.warmup_epochs, **self._omega_logs()}
+        info = {"profile": self.cfg.profile, "options": self.opts,
+                "warmup_epochs": self.warmup_epochs, "warmup_epochs_configured": self.cfg.warmup_epochs,
+                "stl_train_epochs": self.stl_stop_epoch, **self._omega_logs()}
         if self.teacher_record:
             info["teacher_record"] = self.teacher_record
         return info

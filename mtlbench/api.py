@@ -19,57 +19,68 @@ it never asks which method it runs.
 
 * building: ``__init__`` builds the trainable system (``build``), usually from
   :meth:`Method.make_network`;
-* ``param_groups()`` for the trainer's optimiser; a method may own more
-  optimisers (KD-MTL's adaptors, GradNorm's weights) and step them in
-  ``after_step``; ``clip_groups()``: what ``train.grad_clip`` clips together;
+* ``optimizers()``: every optimiser the method needs, as :class:`OptimizerSpec`
+  (the networks', and any of its own: GradNorm's task weights, KD-MTL's
+  adaptors, OKD-MTL's ω in its script profile), each with its hyper-parameters
+  and whether the run's learning-rate schedule applies.  The trainer builds,
+  zeroes, clips, steps, schedules and checkpoints all of them; a method never
+  holds a torch optimiser of its own.  ``clip_groups()``: what
+  ``train.grad_clip`` bounds together;
 * ``training_step(batch) -> StepOutput`` (forward and losses, run under
   autocast) and ``backward(out)`` (default: ``out.loss.backward()``);
 * hooks ``on_train_start``, ``on_epoch_start``, ``after_step``, ``on_epoch_end``
-  whose returned dicts go into the run record's history;
+  whose returned dicts go into the run record's history; ``leading_epochs``:
+  epochs the method trains before the run's own schedule (OKD-MTL's warm-up);
 * ``deployable()``: the multi-task model that evaluation, parameter counts and
   latency use; ``eval_models()`` may add more models to evaluate separately;
 * state: parameters and buffers through ``state_dict``; anything else (loss
-  history, own optimisers) through ``extra_state`` / ``load_extra_state``.
+  history) through ``extra_state`` / ``load_extra_state``;
+* ``figures()``: figures the method draws from its records (``mtlbench plot``).
 
-How the coming methods use the contract (each needs no change to the trainer)::
+The step rule
+-------------
+**The trainer zeroes the gradients of every optimiser, then calls
+``training_step`` and ``backward``; whatever gradients the method accumulates
+into its parameters between those two calls (several backward passes, or
+``p.grad`` set directly) is what the trainer clips and steps.**  So a method may
+split its backward (OKD-MTL back-propagates each single-task network inside
+``training_step`` to free its graph), but never zeroes or steps anything
+itself; ``after_step(step, batch)`` runs after all optimisers and schedulers
+stepped.  ``tests/test_contract.py`` checks the rule for every registered
+method through the trainer's own :func:`mtlbench.trainer.optimizer_step`.
+
+How the methods use the contract (each needs no change to the trainer)::
 
     # DWA: epoch-level loss history
     def on_epoch_end(self, epoch, losses):      # losses: mean unweighted loss per task
-        self.history.append(losses)             # kept in extra_state for resume
-        self.weights = dwa_weights(self.history[-2:], T=self.cfg.T)
+        self.history[epoch] = losses            # kept in extra_state for resume
         return {"weight/" + t: w for t, w in self.weights.items()}
 
     # GradNorm: its own learnable weights and optimiser, a custom backward
+    def optimizers(self):
+        return [OptimizerSpec("model", self.param_groups()),
+                OptimizerSpec("task_weights", [{"params": [self.w]}], kind="adam",
+                              lr=self.cfg.weight_lr, weight_decay=0.0, scheduled=False)]
     def backward(self, out):
-        params = self.model.encoder.last_shared_parameters()
-        norms = [grad(w_i * L_i, params) ...]   # torch.autograd.grad, shared layer only
-        ...; (sum of w_i.detach() * L_i).backward(); self.w_opt.step()
+        ...  # network gradients of Σ w_i L_i, and w.grad from L_grad
 
     # OKD-MTL: N single-task networks beside the multi-task one
     def build(self):
         self.model = self.make_network(self.task_names)                 # deployable
-        self.stl = nn.ModuleDict({t: self.make_network([t]) for t in self.task_names})
-    def training_step(self, batch):
-        f_stl = {t: net(x, return_layers=True) for t, net in self.stl.items()}   # detached
-        ...
+        self.stl = TaskNetworks({t: self.make_network([t]) for t in self.task_names})
 
-    # KD-MTL: frozen teachers from an earlier `stl` run, adaptors with their own optimiser
-    def on_train_start(self, ctx):
-        teacher = ctx.load_trained("stl")       # mtlbench.runs.load_trained_method
-        self.adaptor_opt = torch.optim.Adam(self.adaptors.parameters(), lr=0.1, weight_decay=5e-4)
+    # KD-MTL: frozen teachers from an earlier `stl` run (ctx.run.require("stl", ...))
 
     # Cross-Stitch: one network per task, linked layer by layer
-    def build(self):
-        self.nets = nn.ModuleDict({t: self.make_network([t]) for t in self.task_names})
-        # forward: states = [enc.begin(x)]; for each layer: states = mix(enc.layer(i, s)) ...
     def deployable(self):
-        return self                              # all N stitched networks
+        return self.model                        # all N stitched networks
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -258,14 +269,74 @@ class StepOutput:
 
 
 @dataclass
+class OptimizerSpec:
+    """One optimiser a method needs; the trainer builds, zeroes, clips, steps, schedules
+    and checkpoints it (see "The step rule" above).
+
+    ``groups``: torch parameter groups (dicts with ``"params"``, optionally ``"lr"``,
+    ``"weight_decay"`` and ``"lr_mult"``: this group's learning rate as a multiple of
+    the optimiser's).  ``kind="default"``: the run's optimiser (``train.optimizer``,
+    ``train.lr``, ``train.weight_decay``); otherwise ``"adam"``, ``"adamw"`` or
+    ``"sgd"`` with this spec's ``lr`` / ``weight_decay`` / ``kwargs`` (falling back to
+    the run's values where None).  ``scheduled``: whether ``train.scheduler`` applies;
+    it spans the run's own epochs, or with ``schedule_leading`` the method's leading
+    epochs too (OKD-MTL's single-task networks, which also train in its warm-up).
+    ``name`` keys its state in checkpoints.
+    """
+
+    name: str
+    groups: list[dict]
+    kind: str = "default"
+    lr: float | None = None
+    weight_decay: float | None = None
+    scheduled: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule_leading: bool = False
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.groups for p in g["params"]]
+
+
+@dataclass
+class FigureSpec:
+    """A figure a method (or the core) draws from run records (``mtlbench plot --kind NAME``).
+
+    ``draw(records, out_path, **options) -> path written``; ``select(records)``: the
+    records to draw when none are named; ``options``: option name -> help text.
+    """
+
+    name: str
+    summary: str
+    draw: Callable[..., Path]
+    select: Callable[[list[dict]], list[dict]] | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class TrainContext:
-    """What the trainer tells a method at the start of training."""
+    """What the trainer tells a method at the start of training.
+
+    ``epochs``: the run's own schedule (``train.epochs``); ``leading_epochs``: the
+    method's extra epochs before it (:meth:`Method.leading_epochs`); epoch indices
+    given to the hooks count both (``0 .. leading_epochs + epochs - 1``).
+    ``autocast()``: the run's autocast context, for a method's own forward passes
+    (e.g. in ``after_step``).
+    """
 
     epochs: int
     steps_per_epoch: int
     device: torch.device
     run: Any = None  # mtlbench.runs.RunContext: identity, results dir, loading other runs
     start_epoch: int = 0
+    leading_epochs: int = 0
+    autocast: Callable[[], Any] = field(default=lambda: _nullcontext())
+    train_cfg: Any = None  # mtlbench.config.TrainConfig
+
+
+def _nullcontext():
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 
 class Method(nn.Module):
@@ -273,6 +344,9 @@ class Method(nn.Module):
 
     Config: ClassVar[type] = MethodConfig
     summary: ClassVar[str] = ""
+    #: the row Δ is measured against when a run ends (the paper's equal-weight
+    #: baseline sets it); at most one registered method should
+    is_delta_reference: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, tasks: dict[str, Task], backbone: BackboneFactory):
         super().__init__()
@@ -311,17 +385,35 @@ class Method(nn.Module):
         return {"": self.deployable()}
 
     def param_groups(self) -> list[dict]:
-        """Parameter groups for the trainer's optimiser (AdamW + OneCycleLR)."""
+        """Parameter groups of the run's own optimiser (the default ``optimizers()``)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        """Every optimiser the method needs (see :class:`OptimizerSpec` and the step rule).
+
+        Default: the run's optimiser over ``param_groups()``.  Every trainable
+        parameter must belong to exactly one of them (the contract test checks).
+        """
+        return [OptimizerSpec("model", self.param_groups())]
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Sets of parameters whose gradient norm ``train.grad_clip`` bounds, each on its own.
 
-        Default: one set, the parameters of every optimiser group.  A method that
-        trains independent networks side by side (``stl``, OKD-MTL) returns one set
-        per network, so a gradient spike in one does not shrink the others' steps.
+        Default: one set per optimiser.  A method that trains independent networks
+        side by side (``stl``, OKD-MTL) returns one set per network, so a gradient
+        spike in one does not shrink the others' steps.
         """
-        return [[p for grp in self.param_groups() for p in grp["params"]]]
+        return [spec.parameters() for spec in self.optimizers()]
+
+    def leading_epochs(self, epochs: int) -> int:
+        """Epochs the method trains before the run's ``epochs``-epoch schedule (default 0).
+
+        OKD-MTL's warm-up of the single-task networks comes here, so its
+        deployable network still gets the run's whole schedule, like the baseline.
+        Optimisers with ``scheduled=True`` follow the schedule over the run's own
+        epochs only; epochs before it are never reported (``reportable``).
+        """
+        return 0
 
     # -- the step ------------------------------------------------------------
     def task_losses(self, preds: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
@@ -350,7 +442,8 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch; must cope with any epoch (a resumed run starts mid-way)."""
 
-    def after_step(self, step: int) -> dict[str, float]:
+    def after_step(self, step: int, batch: dict) -> dict[str, float]:
+        """After the optimisers and schedulers stepped; ``batch`` is this step's batch."""
         return {}
 
     def on_epoch_end(self, epoch: int, losses: dict[str, float]) -> dict[str, Any]:
@@ -358,12 +451,18 @@ class Method(nn.Module):
         return {}
 
     def reportable(self, epoch: int) -> bool:
-        """Whether ``epoch``'s metrics may be reported (OKD-MTL: not during warm-up)."""
+        """Whether ``epoch``'s metrics may be reported (the trainer already excludes
+        ``leading_epochs``; a method may exclude more)."""
         return True
+
+    @classmethod
+    def figures(cls) -> dict[str, FigureSpec]:
+        """Figures this method draws from its run records (``mtlbench plot --list``)."""
+        return {}
 
     # -- state ---------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        """Non-parameter state to checkpoint (histories, own optimisers)."""
+        """Non-parameter state to checkpoint (histories); optimisers are the trainer's."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ leaves a half-written file.  The schema is documented in ``results/README.md``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import socket
@@ -21,10 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import RUNTIME_KEYS, ResolvedConfig, resolve
+from .config import ResolvedConfig, resolve
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @contextmanager
@@ -50,8 +51,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False, default=_json_default)
-                              + "\n").encode())
+    """Write ``obj`` as strict JSON (NaN and infinities become null)."""
+    atomic_write_bytes(path, (json.dumps(strict_json(obj), indent=1, sort_keys=False, allow_nan=False,
+                                         default=_json_default) + "\n").encode())
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats as None, so it is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -102,6 +115,21 @@ class RunPaths:
     @property
     def final(self) -> Path:
         return self.ckpt_dir / "final.pt"
+
+    @property
+    def steps(self) -> Path:
+        """The per-step log (JSON Lines) beside the record."""
+        return self.record.with_name(self.record.stem + ".steps.jsonl")
+
+    @property
+    def epochs(self) -> Path:
+        """Every epoch's full row (JSON Lines) beside the record."""
+        return self.record.with_name(self.record.stem + ".epochs.jsonl")
+
+    @property
+    def steps_tmp(self) -> Path:
+        """The per-step log while the run trains (moved to :attr:`steps` at the end)."""
+        return self.ckpt_dir / "steps.jsonl"
 
     @property
     def lock(self) -> Path:
@@ -226,11 +254,12 @@ def iter_records(out: str | Path) -> Iterator[dict]:
 
 
 def _comparable(data: dict, section: str) -> Any:
-    sec = data.get(section)
-    if not isinstance(sec, dict):
-        return sec
-    drop = {k.partition(".")[2] for k in RUNTIME_KEYS if k.startswith(section + ".")}
-    return {k: v for k, v in sec.items() if k not in drop}
+    """A config section as it identifies a run: runtime keys dropped, and options
+    added later (``hash_default=False``) dropped while at their default."""
+    from .config import identity_data
+
+    sec = identity_data(data).get(section)
+    return sec
 
 
 def same_setting(a: dict, b: dict, sections=("dataset", "backbone", "train")) -> bool:
@@ -308,7 +337,7 @@ def load_trained_method(record: dict, device: str = "cpu"):
     import torch
 
     from .config import from_dict
-    from .registry import BACKBONES, DATASETS, METHODS
+    from .trainer import assemble
 
     ckpt = record.get("checkpoint")
     path = Path(record["_path"]).parent if "_path" in record else Path(".")
@@ -321,12 +350,14 @@ def load_trained_method(record: dict, device: str = "cpu"):
     if not ckpt_path.is_file():
         raise UserError(f"the checkpoint {str(ckpt_path)!r} of run {record.get('_path')} is missing",
                         hint="run it again with --force to recreate it")
-    cfg = from_dict(record["config"])
-    tasks = DATASETS.get(cfg.name("dataset"))(cfg.dataset).tasks()
-    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
-    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
-    method.load_state_dict(state["model"])
+    _, _, _, method = assemble(from_dict(record["config"]))
+    try:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_state_dict(state["model"])
+    except Exception as exc:
+        raise UserError(f"the checkpoint {str(ckpt_path)!r} of run {record.get('_path')} cannot be loaded "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                        hint="run it again with --force to recreate it") from None
     return method.to(device)
 
 
@@ -357,6 +388,44 @@ class RunContext:
                      override_key: str | None = None, device: str = "cpu"):
         rec = read_record(record_path) if record_path else self.require(method, what, override_key)
         return load_trained_method(rec, device)
+
+
+def load_task_networks(run: RunContext | None, tasks: list[str], what: str, *,
+                       method: str, record_path: str | None = None,
+                       override_key: str = "method.teacher_run") -> tuple[dict, str]:
+    """The per-task networks of a finished run of ``method`` (e.g. single-task networks):
+    ``({task: MultiTaskNet}, record id)``.
+
+    The one teacher loader of KD-MTL and OKD-MTL's pretrained teachers: the run is
+    ``record_path`` when given (``override_key`` names it in messages), else the
+    ``method`` run of the same setting found under the run's results directory;
+    a run of another method, another backbone or without one of ``tasks`` is a
+    UserError saying which and how to fix it.
+    """
+    if record_path:
+        rec = read_record(record_path)
+        where = f"{override_key}={record_path}"
+    elif run is None:
+        raise UserError(f"{what} needs a finished `{method}` run, and no results directory is known",
+                        hint=f"name one with --set {override_key}=PATH/TO/RECORD.json")
+    else:
+        rec = run.require(method, what, override_key=override_key)
+        where = f"the {method} run {rec['_path']}"
+    if rec.get("method") != method:
+        raise UserError(f"{where} is a `{rec.get('method')}` run; {what} needs a `{method}` run",
+                        hint=f"point {override_key} at a record under runs/*/*/{method}/")
+    if run is not None:
+        mine, theirs = run.cfg.name("backbone"), rec["config"]["backbone"].get("name")
+        if theirs != mine:
+            raise UserError(f"{where} was trained with backbone {theirs!r}, this run uses {mine!r}; "
+                            "teacher and student features must match",
+                            hint=f"train the {method} run with the same --backbone")
+    nets = getattr(load_trained_method(rec, "cpu"), "nets", None)
+    missing = [t for t in tasks if nets is None or t not in nets]
+    if missing:
+        raise UserError(f"{where} has no single-task network for {', '.join(missing)}",
+                        hint=f"train the {method} run on the same dataset (the same tasks)")
+    return {t: nets[t] for t in tasks}, rec.get("id") or rec["_path"]
 
 
 def git_commit() -> str | None:

@@ -21,11 +21,18 @@ from .metrics import DepthMetric, Metric, NormalMetric, SegmentationMetric
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A metric's key in records, its printed label and its direction."""
+    """A metric's key in records, its printed label, its direction and how to print it.
+
+    ``precision``: decimals in tables (depth errors are small numbers: 4);
+    ``primary``: the one metric that stands for the task in curves and
+    one-number summaries (at most one per task; the first metric otherwise).
+    """
 
     key: str
     label: str
     higher_is_better: bool
+    precision: int = 2
+    primary: bool = False
 
     @property
     def arrow(self) -> str:
@@ -57,6 +64,19 @@ class Task:
         """Turn a raw network output into the task's prediction (for inference)."""
         return output
 
+    @property
+    def primary_metric(self) -> MetricInfo:
+        """The metric flagged ``primary``, else the first one."""
+        return next((m for m in self.metrics if m.primary), self.metrics[0])
+
+    def describe(self) -> dict:
+        """What a run record keeps about the task (``record["tasks"][name]``)."""
+        return {"channels": self.channels,
+                "metrics": {m.key: ("higher" if m.higher_is_better else "lower") for m in self.metrics},
+                "primary": self.primary_metric.key,
+                "labels": {m.key: m.label for m in self.metrics},
+                "precision": {m.key: m.precision for m in self.metrics}}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(channels={self.channels})"
 
@@ -66,7 +86,7 @@ class SemSeg(Task):
 
     name = "semseg"
     kind = "classification"
-    metrics = (MetricInfo("miou", "mIoU", True), MetricInfo("pacc", "pAcc", True))
+    metrics = (MetricInfo("miou", "mIoU", True, primary=True), MetricInfo("pacc", "pAcc", True))
 
     def __init__(self, num_classes: int):
         self.num_classes = self.channels = int(num_classes)
@@ -93,7 +113,8 @@ class Depth(Task):
 
     name = "depth"
     channels = 1
-    metrics = (MetricInfo("abs_err", "abs", False), MetricInfo("rel_err", "rel", False))
+    metrics = (MetricInfo("abs_err", "abs", False, precision=4, primary=True),
+               MetricInfo("rel_err", "rel", False, precision=4))
 
     def loss(self, pred, target):
         _check_shapes(self.name, pred, target)
@@ -114,7 +135,7 @@ class Normal(Task):
         MetricInfo("within_11.25", "<11.25°", True),
         MetricInfo("within_22.5", "<22.5°", True),
         MetricInfo("within_30", "<30°", True),
-        MetricInfo("mean", "mean", False),
+        MetricInfo("mean", "mean", False, primary=True),
         MetricInfo("median", "median", False),
     )
 
@@ -140,7 +161,3 @@ def metric_directions(tasks: dict[str, Task]) -> dict[str, dict[str, bool]]:
     return {name: {m.key: m.higher_is_better for m in t.metrics} for name, t in tasks.items()}
 
 
-# Directions of every metric key of the built-in tasks, keyed by task name.
-DIRECTIONS: dict[str, dict[str, bool]] = {
-    cls.name: {m.key: m.higher_is_better for m in cls.metrics} for cls in (SemSeg, Depth, Normal)
-}

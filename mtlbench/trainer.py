@@ -1,13 +1,24 @@
 """The trainer: one loop for every method, driven only through the method contract.
 
-AdamW with OneCycleLR (the paper §4.0.1), bf16 autocast and channels_last when
-asked (or when the backbone prefers them on the device), deterministic seeding,
-evaluation on the val split, a checkpoint after every epoch, ``resume`` from
-the last one, and a result record at the end.
+Every optimiser a method declares (:meth:`mtlbench.api.Method.optimizers`; the
+run's own is AdamW with OneCycleLR by default, the paper's recipe) is built,
+zeroed, clipped, stepped, scheduled and checkpointed here, by the step rule of
+:mod:`mtlbench.api`.  bf16 autocast and channels_last when asked (or when the
+backbone prefers them on the device), deterministic seeding, evaluation on the
+val split, a checkpoint after every epoch, ``resume`` from the last one, and a
+result record at the end.  A NaN or infinite loss, gradient norm, evaluation
+metric or weight stops the run at once (:class:`Diverged`, exit code 2): the
+last checkpoint (finite) is kept and no record is written.
+
+Records stay small: per-step logs stream to a JSON Lines file (in the
+checkpoint folder while training, beside the record at the end), every epoch's
+full row goes to a second one, and the record keeps a compact epoch history.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import platform
 import random
 import resource
@@ -27,9 +38,10 @@ from . import __version__
 from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
+from .progress import Progress
 from .registry import BACKBONES, DATASETS, METHODS
 from .runs import (SCHEMA_VERSION, RunContext, RunLock, RunPaths, atomic_torch_save,
-                   atomic_write_json, find_runs, git_commit)
+                   atomic_write_bytes, atomic_write_json, find_runs, strict_json)
 
 
 class RunExists(Exception):
@@ -110,32 +122,48 @@ class Setup:
     val_set: Any = None
 
 
+def assemble(cfg: ResolvedConfig, dataset: Any = None) -> tuple[Any, dict, Any, Method]:
+    """The one build sequence: dataset -> tasks -> backbone factory -> method (on the CPU).
+
+    Used by :func:`build` (training) and :func:`mtlbench.runs.load_trained_method`
+    (a finished run's networks).  ``dataset``: an already built dataset plugin.
+    """
+    if dataset is None:
+        dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
+    tasks = dataset.tasks()
+    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
+    factory.check_image_size(cfg.dataset.image_size)
+    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
+    return dataset, tasks, factory, method
+
+
 def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
-    """Build dataset, tasks, backbone and method from a resolved config."""
+    """Build dataset, tasks, backbone and method from a resolved config.
+
+    With data, the data is checked and its splits opened first, so a missing
+    directory or a bad file is reported before any model is built.
+    """
     tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(tcfg.device)
     seed_everything(cfg.seed)
     dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
-    tasks = dataset.tasks()
-    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
-    factory.check_image_size(cfg.dataset.image_size)
-    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
+    splits = {}
+    if with_data:
+        # bad labels / NaN in the files: an error naming the file, before any model exists
+        dataset.validate_for_training(log=lambda m: print(f"mtlbench: {m}", file=sys.stderr, flush=True))
+        splits = {"train_set": dataset.split("train"), "val_set": dataset.split("val")}
+        if len(splits["train_set"]) == 0:
+            raise UserError(f"the train split of dataset {cfg.name('dataset')!r} is empty")
+        seed_everything(cfg.seed)  # opening the data must not shift the models' initialisation
+    dataset, tasks, factory, method = assemble(cfg, dataset)
     amp = factory.default_amp(device.type) if tcfg.amp == "auto" else tcfg.amp
-    if amp not in ("bf16", "fp32"):
-        raise UserError(f"train.amp must be auto, bf16 or fp32, got {tcfg.amp!r}")
     cl = factory.default_channels_last(device.type) if tcfg.channels_last is None else tcfg.channels_last
     method.to(device)
     if cl:
         method.to(memory_format=torch.channels_last)
-    setup = Setup(cfg, dataset, tasks, method, device, amp, bool(cl))
-    if with_data:
-        setup.train_set = dataset.split("train")
-        setup.val_set = dataset.split("val")
-        if len(setup.train_set) == 0:
-            raise UserError(f"the train split of dataset {cfg.name('dataset')!r} is empty")
-    return setup
+    return Setup(cfg, dataset, tasks, method, device, amp, bool(cl), **splits)
 
 
 def autocast_ctx(device: torch.device, amp: str):
@@ -195,79 +223,158 @@ class TrainOptions:
     on_step: Callable[[int, int], None] | None = None
 
 
-class _Progress:
-    """Rich progress bars on a terminal, plain lines otherwise, nothing with --quiet."""
-
-    def __init__(self, mode: str, total_epochs: int, steps: int, label: str):
-        if mode == "auto":
-            mode = "rich" if sys.stdout.isatty() else "plain"
-        self.mode = mode
-        self.label = label
-        self.steps = steps
-        self._p = None
-        if mode == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                               TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-            self._p.start()
-            self._ep = self._p.add_task(f"{label} epochs", total=total_epochs, info="")
-            self._st = self._p.add_task("steps", total=steps, info="")
-
-    def epoch_start(self, epoch: int, done: int):
-        if self._p:
-            self._p.update(self._ep, completed=done)
-            self._p.reset(self._st, total=self.steps, description=f"epoch {epoch + 1}")
-
-    def step(self, info: str):
-        if self._p:
-            self._p.update(self._st, advance=1, info=info)
-
-    def epoch_end(self, line: str):
-        if self._p:
-            self._p.update(self._ep, advance=1, info=line)
-        elif self.mode == "plain":
-            print(f"[{self.label}] {line}", flush=True)
-
-    def message(self, text: str):
-        if self._p:
-            self._p.console.print(text)
-        elif self.mode != "none":
-            print(text, flush=True)
-
-    def close(self):
-        if self._p:
-            self._p.stop()
-
-
 def _fmt_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{t}={v:.4f}" for t, v in losses.items())
 
 
-def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> None:
-    """``train.grad_clip``: bound the gradient norm of each set of ``Method.clip_groups()``."""
-    for params in groups:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+# ---------------------------------------------------------------------------
+# optimisers: every one a method declares, owned by the trainer
+# ---------------------------------------------------------------------------
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
-def optimizer_step(method: Method, optimizer: torch.optim.Optimizer, batch: dict,
-                   device: torch.device, amp: str, clip_groups=(), max_norm: float | None = None):
+class Diverged(UserError):
+    """A loss, gradient norm or evaluation metric became NaN or infinite."""
+
+
+class _NonFinite(Exception):
+    """Raised inside a step; the training loop turns it into :class:`Diverged` with context."""
+
+
+class Optimisation:
+    """The optimisers of a method's :class:`~mtlbench.api.OptimizerSpec` list, with their schedules.
+
+    ``schedule_steps``: the number of steps the run's schedule spans (the run's
+    own epochs, not the method's leading ones).  The trainer zeroes, clips, steps,
+    schedules and checkpoints them all (:func:`optimizer_step`, :meth:`state_dict`).
+    """
+
+    def __init__(self, method: Method, tcfg, schedule_steps: int, leading_steps: int = 0):
+        self.specs = list(method.optimizers())
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{type(method).__name__}.optimizers() repeats a name: {names}")
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        for spec in self.specs:
+            kind = tcfg.optimizer if spec.kind == "default" else spec.kind
+            if kind not in OPTIMIZERS:
+                raise UserError(f"optimizer {kind!r} (of {type(method).__name__}'s {spec.name!r} optimiser) "
+                                f"is not one of {', '.join(OPTIMIZERS)}")
+            lr = tcfg.lr if spec.lr is None or spec.kind == "default" else spec.lr
+            wd = tcfg.weight_decay if spec.weight_decay is None or spec.kind == "default" else spec.weight_decay
+            groups = []
+            for g in spec.groups:
+                g = dict(g)
+                mult = g.pop("lr_mult", None)
+                if mult is not None:
+                    g["lr"] = lr * float(mult)
+                groups.append(g)
+            self.optimizers[spec.name] = OPTIMIZERS[kind](groups, lr=lr, weight_decay=wd, **spec.kwargs)
+            if spec.scheduled:
+                steps = schedule_steps + (leading_steps if spec.schedule_leading else 0)
+                self.schedulers[spec.name] = make_scheduler(self.optimizers[spec.name], tcfg, steps)
+        self._leading = {s.name for s in self.specs if s.schedule_leading}
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def schedule(self, leading: bool = False) -> None:
+        """Advance the schedules after a step (``leading``: a step of the method's leading
+        epochs, which only the schedules with ``schedule_leading`` span)."""
+        for name, sch in self.schedulers.items():
+            if not leading or name in self._leading:
+                sch.step()
+
+    def lr(self) -> float:
+        """The learning rate of the first optimiser's first group (for the epoch log)."""
+        first = next(iter(self.optimizers.values()))
+        return float(first.param_groups[0]["lr"])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for spec in self.specs for p in spec.parameters()]
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        opts, schs = state.get("optimizers", {}), state.get("schedulers", {})
+        if "optimizer" in state and not opts and len(self.optimizers) == 1:
+            # a checkpoint of the single-optimiser trainer (before Method.optimizers existed)
+            name = next(iter(self.optimizers))
+            opts = {name: state["optimizer"]}
+            schs = {name: state["scheduler"]} if "scheduler" in state else {}
+        missing = [k for k in self.optimizers if k not in opts]
+        if missing:
+            raise UserError(f"the checkpoint has no state for the optimiser(s) {', '.join(missing)} "
+                            "(written by another version of the method?)",
+                            hint="start the run over with --force")
+        for k, o in self.optimizers.items():
+            o.load_state_dict(opts[k])
+        for k, sch in self.schedulers.items():
+            if k in schs:
+                sch.load_state_dict(schs[k])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, tcfg, total_steps: int):
+    """``train.scheduler`` over ``total_steps`` steps: onecycle (peak = each group's lr) or constant."""
+    if tcfg.scheduler == "onecycle":
+        max_lr = [grp["lr"] for grp in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1),
+                                                   pct_start=tcfg.pct_start)
+    if tcfg.scheduler == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise UserError(f"train.scheduler must be onecycle or constant, got {tcfg.scheduler!r}")
+
+
+def clip_gradients(groups, max_norm: float) -> list[torch.Tensor]:
+    """``train.grad_clip``: bound the gradient norm of each set of ``Method.clip_groups()``
+    on its own; returns each set's norm before clipping."""
+    return [torch.nn.utils.clip_grad_norm_(params, max_norm) for params in groups]
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    return torch.nn.utils.get_total_norm(grads)
+
+
+def optimizer_step(method: Method, optim: Optimisation, batch: dict, device: torch.device, amp: str,
+                   clip_groups=(), max_norm: float | None = None):
     """One training step as the trainer takes it (benchmarks time this very function).
 
-    Gradients are zeroed *before* ``training_step``: a method may run part of its
-    backward inside it (OKD-MTL frees each single-task graph at once).
+    The step rule of :mod:`mtlbench.api`: every optimiser's gradients are zeroed,
+    then ``training_step`` (under autocast) and ``backward`` accumulate the step's
+    gradients, however the method splits its backward; then gradient norms are
+    checked (a non-finite norm stops the run before any weight changes), clipped
+    per ``clip_groups`` when ``max_norm`` is set, and every optimiser steps.
     """
-    optimizer.zero_grad(set_to_none=True)
+    optim.zero_grad()
     with autocast_ctx(device, amp):
         out = method.training_step(batch)
+    bad = [t for t, v in out.losses.items() if not bool(torch.isfinite(v.detach()).all())]
+    if bad:
+        raise _NonFinite(f"the {bad[0]} loss became {float(out.losses[bad[0]].detach())}")
     method.backward(out)
-    if max_norm:
-        clip_gradients(clip_groups, max_norm)
-    optimizer.step()
+    norms = clip_gradients(clip_groups, max_norm) if max_norm else [_grad_norm(optim.parameters())]
+    for norm in norms:
+        if norm is not None and not bool(torch.isfinite(norm)):
+            raise _NonFinite(f"the gradient norm became {float(norm)}")
+    optim.step()
     return out
 
+
+# ---------------------------------------------------------------------------
+# the training loop
+# ---------------------------------------------------------------------------
 
 def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     """Train one run and return its record (also written to disk).
@@ -279,8 +386,77 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     """
     opts = opts or TrainOptions()
     paths = RunPaths.for_config(cfg, opts.out)
+    check_out_dir(Path(opts.out))
     with RunLock(paths.lock, paths.rel.as_posix()):
         return _train(cfg, opts, paths)
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a writable directory (created if missing): a clear error otherwise."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory",
+                        hint="pass a directory for the results (e.g. --out results)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the results directory ({exc.strerror})",
+                        hint="pass a directory you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is not writable", hint="pass a directory you can write to")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or corrupted: torch raises several kinds
+        raise UserError(f"the checkpoint {path} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}); it is truncated "
+                        "or corrupted", hint="start the run over with --force (the checkpoint is replaced)") from None
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        raise UserError(f"{path} is not an mtlbench checkpoint", hint="start the run over with --force")
+    return state
+
+
+def _all_finite(method: Method) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in method.state_dict().values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _finite_metrics(metrics: dict) -> list[str]:
+    """``group/task/metric`` names of non-finite evaluation metrics."""
+    return [f"{g + '/' if g else ''}{t}/{k}" for g, ts in metrics.items() for t, ms in ts.items()
+            for k, v in ms.items() if v is None or not math.isfinite(v)]
+
+
+class _StepLog:
+    """Per-step logs streamed to a JSON Lines file in the checkpoint folder.
+
+    Flushed and fsynced with every checkpoint, whose state records the file's
+    size; a resumed run truncates the file to that size, so the log holds
+    exactly the steps of the checkpointed epochs.  Moved beside the record at
+    the end.
+    """
+
+    def __init__(self, path: Path, resume_size: int | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_size is None:
+            self.fh = open(path, "w")
+        else:
+            self.fh = open(path, "a+")
+            self.fh.truncate(resume_size)
+            self.fh.seek(resume_size)
+
+    def write(self, row: dict) -> None:
+        self.fh.write(json.dumps(strict_json(row), separators=(",", ":")) + "\n")
+
+    def sync(self) -> int:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        return self.fh.tell()
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
@@ -290,8 +466,12 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
         raise UserError(f"an interrupted run with this identity has a checkpoint at {paths.last}",
                         hint="pass --resume to continue it, or --force to start over")
     resume_state = None
-    if opts.resume and paths.last.exists() and not opts.force:
-        resume_state = torch.load(paths.last, map_location="cpu", weights_only=False)
+    if opts.resume and not opts.force:
+        if paths.last.exists():
+            resume_state = _load_checkpoint(paths.last)
+        else:  # said even with --quiet: the user asked for something that is not there
+            print(f"mtlbench: --resume: no checkpoint of this run at {paths.last}; starting from scratch",
+                  file=sys.stderr, flush=True)
     t_wall = time.perf_counter()
     s = build(cfg)
     method, device, tcfg = s.method, s.device, cfg.train
@@ -301,50 +481,53 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
     val_loader = DataLoader(s.val_set, shuffle=False, **loader_kw)
     n_batches = math.ceil(len(s.train_set) / tcfg.batch_size)
     steps_per_epoch = min(n_batches, tcfg.max_steps_per_epoch or n_batches)
-    total_steps = steps_per_epoch * tcfg.epochs
+    lead = int(method.leading_epochs(tcfg.epochs))
+    total_epochs = lead + tcfg.epochs
 
     start_epoch = 0
     if resume_state is not None:
         method.load_state_dict(resume_state["model"])
         start_epoch = resume_state["epoch"]
     run_ctx = RunContext(cfg, Path(opts.out))
-    method.on_train_start(TrainContext(tcfg.epochs, steps_per_epoch, device, run_ctx, start_epoch))
-    groups = method.param_groups()
+    method.on_train_start(TrainContext(tcfg.epochs, steps_per_epoch, device, run_ctx, start_epoch,
+                                       leading_epochs=lead, autocast=lambda: autocast_ctx(device, s.amp),
+                                       train_cfg=tcfg))
+    optim = Optimisation(method, tcfg, steps_per_epoch * tcfg.epochs, steps_per_epoch * lead)
     clip_groups = method.clip_groups() if tcfg.grad_clip else []
-    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    if tcfg.scheduler == "onecycle":
-        max_lr = [grp.get("lr", tcfg.lr) for grp in optimizer.param_groups]
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=max(total_steps, 1), pct_start=tcfg.pct_start)
-    elif tcfg.scheduler == "constant":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    else:
-        raise UserError(f"train.scheduler must be onecycle or constant, got {tcfg.scheduler!r}")
 
-    history: dict[str, list] = {"epochs": [], "steps": []}
+    history: dict[str, list] = {"epochs": []}
     train_time = 0.0
+    wall_before = 0.0
     images_seen = 0
     global_step = start_epoch * steps_per_epoch
+    steps_size = None
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        optim.load_state_dict(resume_state)
         method.load_extra_state(resume_state.get("method_extra", {}))
-        history = resume_state["history"]
+        history = {"epochs": resume_state["history"]["epochs"]}
         train_time = resume_state.get("train_time", 0.0)
+        wall_before = resume_state.get("wall_time", 0.0)
         images_seen = resume_state.get("images_seen", 0)
+        steps_size = resume_state.get("steps_size", 0)
         _set_rng_state(resume_state["rng"])
+    old_steps = (resume_state or {}).get("history", {}).get("steps")  # a schema-1 checkpoint
+    steplog = _StepLog(paths.steps_tmp, None if old_steps is not None else steps_size)
+    for row in old_steps or []:
+        steplog.write(row)
 
     mode = "none" if opts.quiet else tcfg.progress
     label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
-    prog = _Progress(mode, tcfg.epochs, steps_per_epoch, label)
+    prog = Progress(mode, label=label, total_epochs=total_epochs, steps=steps_per_epoch)
     if resume_state is not None:
         prog.message(f"resuming {label} after epoch {start_epoch} from {paths.last}")
     method.train()
     try:
-        for epoch in range(start_epoch, tcfg.epochs):
+        for epoch in range(start_epoch, total_epochs):
             prog.epoch_start(epoch, epoch)
-            # The shuffle order depends only on (seed, epoch): a resumed run sees the same batches.
-            g.manual_seed(cfg.seed * 100003 + epoch)
+            # The shuffle order depends only on (seed, epoch of the run's own schedule): a resumed
+            # run sees the same batches, and a method with leading epochs trains its deployable
+            # network on the very batches the baseline sees (leading epochs draw their own).
+            g.manual_seed(cfg.seed * 100003 + (epoch - lead if epoch >= lead else 50_000 + epoch))
             loader = DataLoader(s.train_set, sampler=RandomSampler(s.train_set, generator=g),
                                 drop_last=False, generator=g, **loader_kw)
             method.on_epoch_start(epoch)
@@ -355,23 +538,21 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
                 if i >= steps_per_epoch:
                     break
                 batch = to_device(batch, device, s.channels_last)
-                out = optimizer_step(method, optimizer, batch, device, s.amp, clip_groups, tcfg.grad_clip)
-                scheduler.step()
-                step_logs = method.after_step(global_step) or {}
+                try:
+                    out = optimizer_step(method, optim, batch, device, s.amp, clip_groups, tcfg.grad_clip)
+                except _NonFinite as exc:
+                    raise _diverged(str(exc), epoch, i, lead, paths, batch) from None
+                optim.schedule(leading=epoch < lead)
+                step_logs = method.after_step(global_step, batch) or {}
                 losses = {t: float(v.detach()) for t, v in out.losses.items()}
-                bad = [t for t, v in losses.items() if not math.isfinite(v)]
-                if bad:
-                    raise FloatingPointError(
-                        f"the {', '.join(bad)} loss became {losses[bad[0]]} at epoch {epoch + 1}, "
-                        f"step {i + 1}; lower train.lr or set train.grad_clip")
                 for t, v in losses.items():
                     sums[t] = sums.get(t, 0.0) + v
                 n_steps += 1
                 images_seen += batch["image"].shape[0]
                 if tcfg.log_every and global_step % tcfg.log_every == 0:
-                    history["steps"].append({"step": global_step, "epoch": epoch,
-                                             **{f"loss/{t}": v for t, v in losses.items()},
-                                             **out.logs, **step_logs})
+                    steplog.write({"step": global_step, "epoch": epoch,
+                                   **{f"loss/{t}": v for t, v in losses.items()},
+                                   **out.logs, **step_logs})
                 global_step += 1
                 prog.step(_fmt_losses(losses))
                 if opts.on_step:
@@ -380,21 +561,32 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
             train_time += epoch_time
             mean_losses = {t: v / max(n_steps, 1) for t, v in sums.items()}
             elogs = method.on_epoch_end(epoch, mean_losses) or {}
-            entry = {"epoch": epoch, "train_loss": mean_losses, "lr": scheduler.get_last_lr()[0],
+            entry = {"epoch": epoch, "train_loss": mean_losses, "lr": optim.lr(),
                      "time_s": round(epoch_time, 3),
                      "images_per_s": round(n_steps * tcfg.batch_size / max(epoch_time, 1e-9), 2),
                      "logs": elogs, "metrics": None}
-            last = epoch == tcfg.epochs - 1
-            if last or (tcfg.eval_every and (epoch + 1) % tcfg.eval_every == 0):
+            if epoch < lead:
+                entry["leading"] = True
+            last = epoch == total_epochs - 1
+            if epoch >= lead and (last or (tcfg.eval_every and (epoch + 1 - lead) % tcfg.eval_every == 0)):
                 entry["metrics"] = {k: evaluate(m, s.tasks, val_loader, device, s.amp, s.channels_last)
                                     for k, m in method.eval_models().items()}
+                bad = _finite_metrics(entry["metrics"])
+                if bad:
+                    raise _diverged(f"the evaluation metric {bad[0]} is {_metric_value(entry['metrics'], bad[0])}",
+                                    epoch, None, lead, paths, None)
             history["epochs"].append(entry)
+            if not _all_finite(method):
+                raise _diverged("the weights hold NaN or infinite values", epoch, None, lead, paths, None)
+            size = steplog.sync()
             atomic_torch_save(paths.last, {
-                "epoch": epoch + 1, "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "model": method.state_dict(), **optim.state_dict(),
                 "method_extra": method.extra_state(), "rng": _rng_state(), "history": history,
-                "train_time": train_time, "images_seen": images_seen, "config": cfg.data})
-            line = f"epoch {epoch + 1}/{tcfg.epochs} loss {_fmt_losses(mean_losses)}"
+                "train_time": train_time, "wall_time": wall_before + time.perf_counter() - t_wall,
+                "images_seen": images_seen, "steps_size": size, "config": cfg.data})
+            line = f"epoch {epoch + 1}/{total_epochs} loss {_fmt_losses(mean_losses)}"
+            if epoch < lead:
+                line += " (leading epoch)"
             if entry["metrics"]:
                 main = entry["metrics"].get("", {})
                 line += " | " + " ".join(
@@ -404,17 +596,85 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
                 opts.on_epoch(epoch, entry)
     finally:
         prog.close()
+        steplog.close()
 
-    record = _make_record(cfg, s, paths, history, train_time, images_seen, t_wall, val_loader, opts)
+    record = _make_record(cfg, s, paths, history, train_time, images_seen,
+                          wall_before + time.perf_counter() - t_wall, val_loader, lead, steps_per_epoch)
     atomic_torch_save(paths.final, {"model": method.state_dict(), "config": cfg.data})
+    write_run_logs(paths, history["epochs"])
     atomic_write_json(paths.record, record)
     paths.last.unlink(missing_ok=True)
     record["_path"] = str(paths.record)
     return record
 
 
+def _metric_value(metrics: dict, name: str):
+    parts = name.split("/")
+    group = "" if len(parts) == 2 else parts[0]
+    t, k = parts[-2], parts[-1]
+    return metrics[group][t][k]
+
+
+def _diverged(what: str, epoch: int, step: int | None, lead: int, paths: RunPaths, batch) -> Diverged:
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    if epoch < lead:
+        where += " (a leading epoch of the method)"
+    kept = (f"the last checkpoint with finite weights is kept at {paths.last} (resume with --resume)"
+            if paths.last.exists() else "no epoch had finished, so there is no checkpoint")
+    samples = ""
+    if batch is not None and "index" in batch:
+        idx = [int(i) for i in batch["index"].tolist()][:8]
+        samples = f"; the batch held training samples {idx}"
+    return Diverged(f"the run diverged: {what} at {where}{samples}. No record was written; {kept}",
+                    hint="lower train.lr (e.g. --set train.lr=1e-4) or bound the gradients "
+                         "(--set train.grad_clip=1.0); if the data may hold NaN or infinite values, "
+                         "check it with `mtlbench data check`")
+
+
+#: the most epoch rows a record keeps (all of them in the epochs log beside it)
+RECORD_EPOCH_ROWS = 40
+
+
+def write_run_logs(paths: RunPaths, epochs: list[dict]) -> None:
+    """Move the step log beside the record and write every epoch's full row beside it too."""
+    paths.steps.parent.mkdir(parents=True, exist_ok=True)
+    if paths.steps_tmp.exists():
+        os.replace(paths.steps_tmp, paths.steps)
+    else:
+        paths.steps.write_text("")
+    text = "".join(json.dumps(strict_json(e), separators=(",", ":")) + "\n" for e in epochs)
+    atomic_write_bytes(paths.epochs, text.encode())
+
+
+def compact_epochs(epochs: list[dict], keep: set[int]) -> list[dict]:
+    """The epoch rows a record keeps: all when few, else evenly spaced ones plus ``keep``.
+
+    Each row keeps the epoch, mean training losses, learning rate, time and the
+    deployable model's metrics; method logs and other models' metrics live in
+    the epochs log only (``history.epochs_file``).
+    """
+    n = len(epochs)
+    if n <= RECORD_EPOCH_ROWS:
+        chosen = set(range(n))
+    else:
+        step = (n - 1) / (RECORD_EPOCH_ROWS - 1 - len(keep))
+        chosen = {round(i * step) for i in range(RECORD_EPOCH_ROWS - len(keep))}
+    chosen |= {i for i, e in enumerate(epochs) if e["epoch"] in keep}
+    out = []
+    for i in sorted(chosen):
+        e = epochs[i]
+        row = {"epoch": e["epoch"], "train_loss": {t: round(v, 6) for t, v in e["train_loss"].items()},
+               "lr": e["lr"], "time_s": e["time_s"]}
+        if e.get("leading"):
+            row["leading"] = True
+        if e.get("metrics"):
+            row["metrics"] = {"": e["metrics"].get("", {})}
+        out.append(row)
+    return out
+
+
 def _report_epoch(history: dict, rule: str, method: Method) -> dict:
-    evaluated = [e for e in history["epochs"] if e["metrics"]]
+    evaluated = [e for e in history["epochs"] if e["metrics"] and not e.get("leading")]
     allowed = [e for e in evaluated if method.reportable(e["epoch"])]
     evaluated = allowed or evaluated[-1:]
     if rule == "last":
@@ -424,9 +684,11 @@ def _report_epoch(history: dict, rule: str, method: Method) -> dict:
     raise UserError(f"train.report must be last or best_train_loss, got {rule!r}")
 
 
-def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_seen, t_wall,
-                 val_loader, opts) -> dict:
+def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_seen, wall_s,
+                 val_loader, lead: int, steps_per_epoch: int) -> dict:
     import timm
+
+    from .provenance import source_commit
 
     method = s.method
     chosen = _report_epoch(history, cfg.train.report, method)
@@ -438,7 +700,7 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
     dev_name = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda"
                 else platform.processor() or platform.machine())
     rel_final = paths.final.relative_to(paths.out)
-    return {
+    return strict_json({
         "schema": SCHEMA_VERSION,
         "id": paths.rel.as_posix(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -446,16 +708,16 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
         "dataset": cfg.name("dataset"), "dataset_family": getattr(s.dataset, "family", "") or cfg.name("dataset"),
         "preset": cfg.preset, "seed": cfg.seed,
         "config_hash": cfg.hash, "config": cfg.data,
-        "tasks": {t: {"channels": task.channels,
-                      "metrics": {m.key: ("higher" if m.higher_is_better else "lower") for m in task.metrics}}
-                  for t, task in s.tasks.items()},
+        "tasks": {t: task.describe() for t, task in s.tasks.items()},
         "metrics": metrics.get("", {}),
         "extra_metrics": {k: v for k, v in metrics.items() if k},
         "report": {"rule": cfg.train.report, "epoch": chosen["epoch"]},
-        "history": history,
+        "schedule": {"epochs": cfg.train.epochs, "leading_epochs": lead, "steps_per_epoch": steps_per_epoch},
+        "history": {"epochs": compact_epochs(history["epochs"], {chosen["epoch"], history["epochs"][-1]["epoch"]}),
+                    "epochs_file": paths.epochs.name, "steps_file": paths.steps.name},
         "params": {"training_system": count_parameters(method),
                    "deployable": count_parameters(method.deployable())},
-        "timing": {"wall_s": round(time.perf_counter() - t_wall, 2),
+        "timing": {"wall_s": round(wall_s, 2),
                    "train_s": round(train_time, 2),
                    "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2),
                    "inference_ms_per_image": round(latency, 3)},
@@ -464,19 +726,28 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
                    "channels_last": s.channels_last, "threads": torch.get_num_threads()},
         "versions": {"mtlbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
-        "git_commit": git_commit(),
+        "git_commit": source_commit(),
         "checkpoint": rel_final.as_posix(),
         "method_info": method.summary_info(),
-    }
+    })
 
 
-def baseline_delta(record: dict, out: Path, reference: str = "baseline") -> tuple[float | None, str]:
-    """Δ of a record against the ``reference`` run of the same setting.
+def delta_reference() -> str | None:
+    """The registered method Δ is measured against at the end of a run (``Method.is_delta_reference``)."""
+    refs = [e.name for e in METHODS.entries() if getattr(e.obj, "is_delta_reference", False)]
+    return refs[0] if refs else None
+
+
+def reference_delta(record: dict, out: Path, reference: str | None = None) -> tuple[float | None, str]:
+    """Δ of a record against the reference method's run of the same setting.
 
     Returns ``(delta, the reference record's path)``, or ``(None, why not)``.
     """
     from .delta import delta
 
+    reference = reference or delta_reference()
+    if reference is None:
+        return None, "no registered method is marked as the Δ reference"
     if record["method"] == reference:
         return None, f"this is the {reference} run"
     refs = find_runs(out, reference, record["config"])

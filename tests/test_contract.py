@@ -1,11 +1,19 @@
 """The plugin contract, parametrised over every registered method x backbone.
 
-A newly registered method or backbone is tested here automatically: one
-training step on smoke data gives finite losses, every trainable parameter gets
-a gradient, the state dict round-trips, predictions have the right shapes.
+A newly registered method or backbone is tested here automatically, through the
+trainer's own step function (:func:`mtlbench.trainer.optimizer_step`) and the
+optimisers it builds from ``Method.optimizers()``: one step early in the run
+and one late (so methods with phases show each), finite losses, every trainable
+parameter in exactly one optimiser and given a gradient, ``clip_groups``
+partitioning the optimised parameters, logs and extra state surviving a JSON /
+checkpoint round trip, predictions of the right shapes, and the state
+restoring a freshly built method exactly.  Combinations a method cannot run
+are listed in :data:`UNSUPPORTED` with the reason; any other error fails.
 """
 from __future__ import annotations
 
+import io
+import json
 import math
 
 import pytest
@@ -13,9 +21,15 @@ import torch
 
 from mtlbench.api import TrainContext
 from mtlbench.config import resolve
+from mtlbench.errors import UserError
 from mtlbench.registry import BACKBONES, METHODS
 from mtlbench.runs import RunContext
-from mtlbench.trainer import RunExists, TrainOptions, build, train
+from mtlbench.trainer import Optimisation, RunExists, TrainOptions, autocast_ctx, build, optimizer_step, train
+
+#: (method, backbone) pairs that must refuse to build, and why (the error must say "unsupported")
+UNSUPPORTED = {
+    ("cross_stitch", "deeplabv3_mtan"): "MTAN encoders have task-specific paths: stitching is undefined",
+}
 
 COMBOS = [(m, b) for m in METHODS.names() for b in BACKBONES.names()]
 # Smoke-sized images: 32x48 is divisible by every backbone's size multiple (16, 8).
@@ -49,48 +63,82 @@ def _batch(setup, n=2):
     return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
 
 
+def _json_roundtrip(obj):
+    """Logs must be strict JSON (records and logs are): no NaN, only JSON types."""
+    return json.loads(json.dumps(obj, allow_nan=False))
+
+
+def _start(m, cfg, s, results_dir, epochs):
+    lead = m.leading_epochs(epochs)
+    m.on_train_start(TrainContext(epochs, 1, s.device, RunContext(cfg, results_dir), leading_epochs=lead,
+                                  autocast=lambda: autocast_ctx(s.device, s.amp), train_cfg=cfg.train))
+    return lead
+
+
 @pytest.mark.parametrize("method,backbone", COMBOS, ids=[f"{m}-{b}" for m, b in COMBOS])
 def test_contract(method, backbone, results_dir):
-    from mtlbench.errors import UserError
-
     cfg = _cfg(method, backbone)
     _ensure_requirements(cfg, results_dir)
-    try:
-        s = build(cfg)
-    except UserError as exc:
-        # A combination a method declares unsupported must say so clearly, not fail obscurely.
-        assert "unsupported" in str(exc).lower() or "not supported" in str(exc).lower(), str(exc)
+    if (method, backbone) in UNSUPPORTED:
+        with pytest.raises(UserError) as err:
+            build(cfg)
+        assert "unsupported" in str(err.value).lower(), str(err.value)
         return
+    s = build(cfg)
     m = s.method
     epochs = 100
-    m.on_train_start(TrainContext(epochs, 1, s.device, RunContext(cfg, results_dir)))
-    opt = torch.optim.AdamW(m.param_groups(), lr=1e-4)
+    lead = _start(m, cfg, s, results_dir, epochs)
+    optim = Optimisation(m, cfg.train, epochs, lead)
+
+    # every trainable parameter in exactly one optimiser, and nothing else in them
+    in_opt = [id(p) for p in optim.parameters()]
+    assert len(in_opt) == len(set(in_opt)), "a parameter is in two optimisers"
+    trainable = {id(p): n for n, p in m.named_parameters() if p.requires_grad}
+    orphans = [n for i, n in trainable.items() if i not in set(in_opt)]
+    assert not orphans, f"trainable parameters in no optimiser: {orphans[:5]}"
+    assert set(in_opt) <= set(trainable), "an optimiser holds a frozen or foreign parameter"
+
+    # train.grad_clip's sets cover the optimisers' parameters, each exactly once
+    in_clip = [id(p) for params in m.clip_groups() for p in params]
+    assert sorted(in_clip) == sorted(in_opt), "clip_groups must partition the optimisers' parameters"
+
     batch = _batch(s)
     got_grad: set[int] = set()
-    for epoch in (0, epochs - 1):
+    logs = []
+    step = 0
+    for epoch in (0, lead + epochs - 1):
         m.train()
         m.on_epoch_start(epoch)
-        opt.zero_grad(set_to_none=True)  # the trainer's order: zero, step, backward
-        out = m.training_step(batch)
+        seen = {}
+
+        def snapshot():  # the gradients the trainer steps with (its step zeroes them first)
+            seen.update({id(p): p.grad is not None for p in optim.parameters()})
+
+        orig_step = optim.step
+
+        def step_and_look():
+            snapshot()
+            for p in optim.parameters():
+                if p.grad is not None:
+                    assert torch.isfinite(p.grad).all()
+            orig_step()
+
+        optim.step = step_and_look
+        out = optimizer_step(m, optim, batch, s.device, s.amp)
+        optim.step = orig_step
+        optim.schedule(leading=epoch < lead)
+        got_grad |= {i for i, g in seen.items() if g}
         assert set(out.losses) == set(s.tasks), "one loss per task"
         for t, v in out.losses.items():
             assert math.isfinite(float(v.detach())), f"{t} loss not finite at epoch {epoch}"
-        m.backward(out)
-        for p in m.parameters():
-            if p.grad is not None:
-                assert torch.isfinite(p.grad).all()
-                got_grad.add(id(p))
-        opt.step()
-        m.after_step(epoch)
-        m.on_epoch_end(epoch, {t: float(v.detach()) for t, v in out.losses.items()})
-    trainable = {id(p): n for n, p in m.named_parameters() if p.requires_grad}
+        logs.append(_json_roundtrip({k: v for k, v in out.logs.items()}))
+        logs.append(_json_roundtrip(m.after_step(step, batch) or {}))
+        logs.append(_json_roundtrip(m.on_epoch_end(epoch, {t: float(v.detach()) for t, v in out.losses.items()})
+                                    or {}))
+        step += 1
     missing = [n for i, n in trainable.items() if i not in got_grad]
     assert not missing, f"no gradient for {len(missing)} parameters, e.g. {missing[:5]}"
-
-    # train.grad_clip's sets cover the optimiser's parameters, each exactly once
-    in_opt = [id(p) for grp in m.param_groups() for p in grp["params"]]
-    in_clip = [id(p) for params in m.clip_groups() for p in params]
-    assert sorted(in_clip) == sorted(in_opt), "clip_groups must partition the optimiser's parameters"
+    _json_roundtrip(m.summary_info())
 
     # predictions of the deployable model: every task, the right shape
     dep = m.deployable()
@@ -102,17 +150,79 @@ def test_contract(method, backbone, results_dir):
     for t, p in preds.items():
         assert p.shape == (2, s.tasks[t].channels, h, w), t
 
-    # state round-trips into a freshly built method (parameters, buffers, extra state)
-    state = {k: v.clone() for k, v in m.state_dict().items()}
-    extra = m.extra_state()
+    # a checkpoint (parameters, buffers, extra state, every optimiser) restores a fresh method exactly
+    buf = io.BytesIO()
+    torch.save({"model": m.state_dict(), "extra": m.extra_state(), **optim.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
     s2 = build(cfg, with_data=False)
-    s2.method.load_state_dict(state)
-    s2.method.load_extra_state(extra)
-    for k, v in s2.method.state_dict().items():
-        assert torch.equal(v, state[k]), k
-    d2 = s2.method.deployable()
+    m2 = s2.method
+    m2.load_state_dict(ckpt["model"])
+    _start(m2, cfg, s2, results_dir, epochs)
+    m2.load_extra_state(ckpt["extra"])
+    optim2 = Optimisation(m2, cfg.train, epochs, lead)
+    optim2.load_state_dict(ckpt)
+    for k, v in m2.state_dict().items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    assert _json_roundtrip(m2.summary_info()) == _json_roundtrip(m.summary_info())
+    for name, opt in optim.optimizers.items():
+        a, b = opt.state_dict()["state"], optim2.optimizers[name].state_dict()["state"]
+        assert a.keys() == b.keys(), name
+        for k in a:
+            for field, v in a[k].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(b[k][field])), (name, k, field)
+    d2 = m2.deployable()
     d2.eval()
     with torch.no_grad():
         preds2 = d2(batch["image"])
     for t in preds:
         torch.testing.assert_close(preds2[t], preds[t])
+
+
+def test_unsupported_allow_list_names_real_plugins():
+    for (m, b), why in UNSUPPORTED.items():
+        assert m in METHODS and b in BACKBONES, (m, b)
+        assert why
+
+
+def test_a_parameter_without_an_optimiser_fails_the_contract():
+    """The check above is not vacuous: a method that forgets a parameter is caught."""
+    from mtlbench.api import OptimizerSpec
+
+    cfg = _cfg("baseline", "vit_tiny")
+    s = build(cfg)
+    m = s.method
+    head = list(m.model.heads.values())[0]
+    forgotten = {id(p) for p in head.parameters()}
+    m.optimizers = lambda: [OptimizerSpec("model", [{"params": [p for p in m.parameters()
+                                                                if id(p) not in forgotten]}])]
+    optim = Optimisation(m, cfg.train, 1)
+    in_opt = {id(p) for p in optim.parameters()}
+    orphans = [n for n, p in m.named_parameters() if p.requires_grad and id(p) not in in_opt]
+    assert orphans and all(n.startswith("model.heads.") for n in orphans)
+
+
+def test_step_rule_gradients_accumulated_inside_training_step_are_stepped():
+    """The step rule: gradients a method accumulates in training_step (OKD-MTL's per-network
+    backward) are kept, and stale gradients from before the step are zeroed first."""
+    cfg = _cfg("okd", "vit_tiny")
+    s = build(cfg)
+    m = s.method
+    lead = _start(m, cfg, s, None, 100)
+    m.on_epoch_start(lead)  # distilling, single-task networks still training
+    optim = Optimisation(m, cfg.train, 100, lead)
+    stl_param = next(p for p in m.stl.parameters())
+    stl_param.grad = torch.full_like(stl_param, 1e6)  # stale: must be zeroed by the step
+    before = stl_param.detach().clone()
+    grads = {}
+    orig = optim.step
+
+    def look():
+        grads["g"] = stl_param.grad.clone()
+        orig()
+
+    optim.step = look
+    optimizer_step(m, optim, _batch(s), s.device, s.amp)
+    assert grads["g"].abs().max() < 1e5, "a stale gradient survived the trainer's zeroing"
+    assert grads["g"].abs().sum() > 0, "the single-task gradient from training_step was lost"
+    assert not torch.equal(stl_param.detach(), before)

@@ -5,6 +5,7 @@ a fake backbone (a 1x1-conv encoder and 1x1-conv heads), and state round-trips.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -190,19 +191,36 @@ def two_task_batch(g: torch.Generator, b=4, h=4, w=4):
     return {"image": x, "a": a, "b": noise}
 
 
+def _optim(m, lr=0.02, steps=100):
+    """The trainer's optimisers for ``m`` (its own for the task weights included), constant lr."""
+    from mtlbench.config import TrainConfig
+    from mtlbench.trainer import Optimisation
+
+    return Optimisation(m, TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, scheduler="constant"), steps)
+
+
+def _step(m, optim, batch, step=0):
+    """One step exactly as the trainer takes it: zero, forward, backward, step all, after_step."""
+    from mtlbench.trainer import optimizer_step
+
+    out = optimizer_step(m, optim, batch, torch.device("cpu"), "fp32")
+    optim.schedule()
+    m.after_step(step, batch)
+    return out
+
+
 def test_gradnorm_weights_move_to_the_slower_task_and_sum_to_k():
     tasks = {"a": Depth(), "b": Depth()}
     m = make("gradnorm", tasks, weight_lr=0.05)
-    opt = torch.optim.Adam(m.param_groups(), lr=0.02)
+    optim = _optim(m)
+    w_opt = optim.optimizers["task_weights"]  # GradNorm's own Adam, built by the trainer
+    assert type(w_opt) is torch.optim.Adam and w_opt.param_groups[0]["lr"] == 0.05
+    assert "task_weights" not in optim.schedulers
     g = torch.Generator().manual_seed(0)
-    m.on_train_start(None)
     first = last = None
     for step in range(80):
-        out = m.training_step(two_task_batch(g))
+        out = _step(m, optim, two_task_batch(g), step)
         assert out.logs["weight/a"] + out.logs["weight/b"] == pytest.approx(2.0, abs=1e-5)
-        opt.zero_grad(set_to_none=True)
-        m.backward(out)
-        opt.step()
         assert f(m.task_weights.sum()) == pytest.approx(2.0, abs=1e-5)
         assert bool((m.task_weights > 0).all())
         losses = {t: f(v) for t, v in out.losses.items()}
@@ -237,12 +255,9 @@ def _reference_l_grad_grad(m, batch):
 def test_gradnorm_gradients_equal_plain_backward_and_create_graph(shared, per_task):
     tasks = nyu_tasks()
     m = make("gradnorm", tasks, per_task=per_task, shared_params=shared, weight_lr=0.1)
-    opt = torch.optim.SGD(m.param_groups(), lr=0.1)
+    optim = _optim(m, lr=0.1)
     for step in range(4):  # move the weights away from 1 first
-        out = m.training_step(nyu_batch(seed=step))
-        opt.zero_grad(set_to_none=True)
-        m.backward(out)
-        opt.step()
+        _step(m, optim, nyu_batch(seed=step), step)
     w_before = m.task_weights.detach().clone()
     assert not torch.allclose(w_before, torch.ones(3))
 
@@ -292,27 +307,27 @@ def test_gradnorm_unsupported_backbone_says_so(monkeypatch):
 def test_gradnorm_resume_gives_identical_next_weights():
     tasks = nyu_tasks()
     m = make("gradnorm", tasks)
-    opt = torch.optim.AdamW(m.param_groups(), lr=1e-2)
+    optim = _optim(m, lr=1e-2)
     for step in range(3):
-        out = m.training_step(nyu_batch(seed=step))
-        opt.zero_grad(set_to_none=True)
-        m.backward(out)
-        opt.step()
+        _step(m, optim, nyu_batch(seed=step), step)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     extra = m.extra_state()
-    assert extra["initial_losses"] is not None and extra["weight_optimizer"]["state"]
+    opt_state = copy.deepcopy(optim.state_dict())
+    assert extra["initial_losses"] is not None and opt_state["optimizers"]["task_weights"]["state"]
 
     m2 = make("gradnorm", tasks, seed=5)
     m2.load_state_dict(state)
     m2.load_extra_state(extra)
+    optim2 = _optim(m2, lr=1e-2)
+    optim2.load_state_dict(opt_state)
     batch = nyu_batch(seed=3)
-    for mm in (m, m2):
-        mm.backward(mm.training_step(batch))
+    _step(m, optim, batch, 3)
+    _step(m2, optim2, batch, 3)
     torch.testing.assert_close(m2.task_weights, m.task_weights, rtol=0, atol=0)
-    # without L(0) and the optimiser state the next weights differ
+    # without L(0) and the optimisers' state the next weights differ
     m3 = make("gradnorm", tasks, seed=5)
     m3.load_state_dict(state)
-    m3.backward(m3.training_step(batch))
+    _step(m3, _optim(m3, lr=1e-2), batch, 3)
     assert not torch.equal(m3.task_weights, m.task_weights)
 
 

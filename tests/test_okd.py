@@ -1,6 +1,8 @@
-"""OKD-MTL (methods/okd.py): Eq. 2 and 3 by hand, the stop-gradient, warm-up,
-every variant end to end on smoke data, resume in warm-up and in distillation,
-and frozen teachers from an `stl` run.
+"""OKD-MTL (methods/okd.py): Eq. 2 and 3 by hand (both profiles), the stop-gradient,
+warm-up before the run's schedule, the script profile's per-epoch OTW, ω optimiser
+and single-task freeze, every variant end to end on smoke data, resume in every
+phase, frozen teachers from an `stl` run, and OKD-MTL without AFD and OTW training
+its multi-task network exactly as the baseline.
 
 Formula and gradient tests run on a tiny convolutional backbone built here
 (milliseconds); end-to-end tests train ``vit_tiny`` on the smoke preset with
@@ -24,9 +26,10 @@ from mtlbench.config import resolve
 from mtlbench.errors import UserError
 from mtlbench.runs import RunContext
 from mtlbench.tasks import Depth, Normal, SemSeg
-from mtlbench.trainer import TrainOptions, build, train
+from mtlbench.trainer import Optimisation, TrainOptions, build, optimizer_step, train
 
-from mtlbench.methods.okd import AFD_VARIANTS, OKD, OKDConfig, afd_loss, otw_weights
+from mtlbench.methods.okd import (AFD_VARIANTS, OKD, OKDConfig, afd_loss, otw_epoch_weights,
+                                  otw_weights)
 
 TASKS = ("semseg", "depth", "normal")
 # Smoke data, one step per epoch, small heads: end-to-end runs in seconds.
@@ -85,6 +88,7 @@ def _tasks():
 def _okd(**kw) -> OKD:
     torch.manual_seed(0)
     tasks = _tasks()
+    kw.setdefault("profile", "text")  # most formula tests are the text's; the script's have their own
     cfg = OKDConfig(**kw)
     cfg.validate()
     return OKD(cfg, tasks, TinyFactory(None, tasks))
@@ -241,7 +245,7 @@ def test_single_task_gradients_are_exactly_their_own_task_loss():
 
 
 def test_grad_clip_bounds_each_network_on_its_own():
-    from mtlbench.trainer import clip_gradients
+    from mtlbench.trainer import clip_gradients  # what optimizer_step uses with train.grad_clip
 
     m = _okd()
     m.train()
@@ -272,36 +276,158 @@ def test_step_under_bf16_autocast():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
-def test_warmup_trains_only_the_single_task_networks():
-    m = _okd(warmup_epochs=2, warmup_max_fraction=1.0)
-    m.on_train_start(TrainContext(epochs=4, steps_per_epoch=1, device=torch.device("cpu")))
-    assert m.warmup_epochs == 2
-    opt = torch.optim.AdamW(m.param_groups(), lr=1e-2, weight_decay=0.01)
-    mtl0, omega0, stl0 = _params(m.model), m.omega.detach().clone(), _params(m.stl)
+def _trainer_steps(m, epochs: int, seeds=None, tcfg=None):
+    """Drive a method as the trainer does (leading epochs first), one step per epoch."""
+    from mtlbench.config import TrainConfig
+
+    tcfg = tcfg or TrainConfig(lr=1e-2, epochs=epochs)
+    lead = m.leading_epochs(epochs)
+    m.on_train_start(TrainContext(epochs=epochs, steps_per_epoch=1, device=torch.device("cpu"),
+                                  leading_epochs=lead, train_cfg=tcfg))
+    optim = Optimisation(m, tcfg, epochs, lead)
     m.train()
-    phases = []
-    for epoch in range(4):
+    for epoch in range(lead + epochs):
         m.on_epoch_start(epoch)
-        opt.zero_grad(set_to_none=True)
-        out = m.training_step(_batch(seed=epoch))
+        out = optimizer_step(m, optim, _batch(seed=epoch if seeds is None else seeds[epoch]),
+                             torch.device("cpu"), "fp32")
+        optim.schedule(leading=epoch < lead)
+        yield epoch, lead, out, m.on_epoch_end(epoch, {t: float(v.detach()) for t, v in out.losses.items()})
+
+
+def test_warmup_trains_only_the_single_task_networks_before_the_runs_schedule():
+    m = _okd(warmup_epochs=2, warmup_max_fraction=1.0)
+    assert m.leading_epochs(4) == 2  # on top of the run's 4 epochs, not carved out of them
+    mtl0, omega0, stl0 = _params(m.model), m.omega.detach().clone(), _params(m.stl)
+    phases = []
+    for epoch, lead, out, logs in _trainer_steps(m, 4):
         assert set(out.losses) == set(TASKS)
-        m.backward(out)
-        opt.step()
-        phases.append(m.on_epoch_end(epoch, {})["phase"])
-        if epoch < 2:
+        phases.append(logs["phase"])
+        if epoch < lead:
             assert out.loss is None and not any(k.startswith(("mtl/", "lambda/")) for k in out.logs)
             assert _same(_params(m.model), mtl0), "the multi-task network must not change in warm-up"
             assert torch.equal(m.omega.detach(), omega0)
             assert not _same(_params(m.stl), stl0)
-    assert phases == ["warmup", "warmup", "distill", "distill"]
+    assert phases == ["warmup", "warmup", "distill", "distill", "distill", "distill"]
     assert not _same(_params(m.model), mtl0) and not torch.equal(m.omega.detach(), omega0)
 
 
 @pytest.mark.parametrize("epochs,want", [(1, 0), (2, 0), (4, 1), (8, 2), (20, 5), (200, 5)])
 def test_warmup_is_capped_to_a_share_of_the_run(epochs, want):
     assert _okd().effective_warmup(epochs) == want  # default: 5 epochs, at most 25% of the run
-    assert _okd(warmup_max_fraction=1.0).effective_warmup(epochs) == min(5, epochs - 1)
+    assert _okd(warmup_max_fraction=1.0).effective_warmup(epochs) == min(5, epochs)
     assert _okd(teachers="pretrained").effective_warmup(epochs) == 0
+
+
+# ---------------------------------------------------------------------------
+# the script profile
+# ---------------------------------------------------------------------------
+
+def test_script_afd_normalises_per_token_sums_channels_and_averages_positions():
+    # one layer, two tasks, a 1x2 map with 2 channels: every number by hand
+    fm = torch.tensor([[[[3.0, 0.0]], [[4.0, 2.0]]]])          # positions (3,4) and (0,2)
+    f1 = torch.tensor([[[[1.0, 0.0]], [[0.0, 5.0]]]])          # (1,0) and (0,5)
+    f2 = torch.tensor([[[[0.0, 3.0]], [[2.0, 4.0]]]])          # (0,2) and (3,4)
+    w = torch.tensor([[0.5], [0.25]])
+    eps = 1e-6
+
+    def n(v):
+        v = torch.tensor(v)
+        return v / math.sqrt(float((v ** 2).sum()) + eps)
+
+    d0 = n([3.0, 4.0]) - (0.5 * n([1.0, 0.0]) + 0.25 * n([0.0, 2.0]))
+    d1 = n([0.0, 2.0]) - (0.5 * n([0.0, 5.0]) + 0.25 * n([3.0, 4.0]))
+    want = (float((d0 ** 2).sum()) + float((d1 ** 2).sum())) / 2  # sum over channels, mean over positions
+    got = afd_loss([fm], [[f1], [f2]], w, normalize=True)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    # summed over layers: the same layer twice doubles it; scaling features changes nothing
+    assert float(afd_loss([fm, 10 * fm], [[f1, 3 * f1], [f2, 7 * f2]], torch.cat([w, w], 1),
+                          normalize=True)) == pytest.approx(2 * want, rel=1e-5)
+    # the text's AFD on the same tensors is the plain mean squared error
+    raw = float(((fm - (0.5 * f1 + 0.25 * f2)) ** 2).mean())
+    assert float(afd_loss([fm], [[f1], [f2]], w)) == pytest.approx(raw, rel=1e-6)
+
+
+def test_otw_per_epoch_against_hand_values_caps_and_nan():
+    T = 0.1
+    assert otw_epoch_weights([1.0, 2.0], [1.0, 1.0], 0, T, 2) == [1.0, 1.0]  # epoch 0: all 1
+    assert otw_epoch_weights(None, None, 3, T, 2) == [1.0, 1.0]  # no previous epoch
+    # epoch 1: ratios capped at 1, so 0.02 and 5 -> 0.02 and 1: exp(0.2)=1.2214, exp(10) capped at 10
+    lam = otw_epoch_weights([0.02, 5.0], [1.0, 1.0], 1, T, 2)
+    t0 = math.exp(0.2)
+    assert lam == pytest.approx([2 * t0 / (t0 + 10), 2 * 10 / (t0 + 10)])
+    # epoch 2: no ratio cap; a NaN ratio (0/0) counts as the cap
+    lam = otw_epoch_weights([0.01, 0.0, 3.0], [0.1, 0.0, 1.0], 2, T, 3)
+    t0 = math.exp(1.0)  # 0.1 / 0.1
+    assert lam == pytest.approx([3 * t0 / (t0 + 20), 3 * 10 / (t0 + 20), 3 * 10 / (t0 + 20)])
+    # at T = 0.1 every ratio above 0.1 ln 10 ~ 0.23 hits the cap: equal weighting
+    assert otw_epoch_weights([0.24, 0.7, 1.3], [1.0, 1.0, 1.0], 5, T, 3) == pytest.approx([1.0, 1.0, 1.0])
+    assert otw_epoch_weights([0.2, 0.7, 1.3], [1.0, 1.0, 1.0], 5, T, 3)[0] < 1.0
+
+
+def test_script_profile_uses_epoch_otw_from_the_previous_epochs_means():
+    m = _okd(profile="script", warmup_epochs=0)
+    rows = list(_trainer_steps(m, 3))
+    for epoch, lead, out, logs in rows:
+        lam = [out.logs[f"lambda/{t}"] for t in TASKS]
+        if epoch == 0:
+            assert lam == [1.0, 1.0, 1.0]
+        else:  # from the previous epoch's logged mean losses (one step per epoch here)
+            prev = rows[epoch - 1][2].logs
+            want = otw_epoch_weights([prev[f"mtl/{t}"] for t in TASKS], [prev[f"stl/{t}"] for t in TASKS],
+                                     epoch, 0.1, 3)
+            assert lam == pytest.approx(want, rel=1e-6)
+            assert logs["lambda"] == pytest.approx(dict(zip(TASKS, want)), rel=1e-6)
+
+
+def test_script_profile_gives_omega_its_own_adam_and_the_text_shares_the_runs():
+    from mtlbench.config import TrainConfig
+
+    m = _okd(profile="script")
+    specs = {s.name: s for s in m.optimizers()}
+    assert set(specs) == {"model", "omega", "stl"}
+    om = specs["omega"]
+    assert (om.kind, om.lr, om.weight_decay, om.scheduled) == ("adam", 1e-3, 5e-4, False)
+    optim = Optimisation(m, TrainConfig(lr=1e-4, weight_decay=1e-5), 10)
+    o = optim.optimizers["omega"]
+    assert type(o) is torch.optim.Adam and o.param_groups[0]["lr"] == 1e-3
+    assert o.param_groups[0]["weight_decay"] == 5e-4 and "omega" not in optim.schedulers
+    assert float(m.omega.min()) >= 0 and float(m.omega.max()) <= 1 and float(m.omega.max()) > 2 / 3
+    text = {s.name: s for s in _okd(profile="text").optimizers()}
+    assert set(text) == {"model", "stl"} and text["model"].groups[1]["weight_decay"] == 0.0
+    assert float(_okd(profile="text").omega.max()) <= 2 / 3  # U(0, 2/N_t)
+
+
+def test_single_task_networks_freeze_after_their_share_but_keep_feeding_afd():
+    m = _okd(profile="script", warmup_epochs=0)  # 6 epochs, single-task networks train 2 (1/3)
+    assert m.stl_epochs(6) == 2
+    seen = []
+    for epoch, lead, out, logs in _trainer_steps(m, 6):
+        seen.append((logs["phase"], _params(m.stl), out.logs["afd"], out.logs["stl/semseg"]))
+    phases = [p for p, *_ in seen]
+    assert phases == ["distill"] * 2 + ["distill_frozen_stl"] * 4
+    for (_, before, _, _), (_, after, afd, stl_loss) in zip(seen[1:], seen[2:]):
+        assert _same(before, after), "a frozen single-task network changed"
+        assert afd > 0 and math.isfinite(stl_loss)  # still distilled from, still evaluated
+    assert not _same(seen[0][1], seen[1][1])  # but it trained before the freeze
+
+
+def test_okd_without_afd_and_otw_trains_its_network_exactly_as_the_baseline(tmp_path):
+    """Warm-up comes before the run's schedule: with AFD and OTW off, OKD-MTL's deployable
+    network sees the baseline's batches, learning rates and gradients, so it ends identical
+    (dropout off, so the single-task networks' forwards draw no random numbers)."""
+    common = [*SMALL, "train.epochs=3", "train.max_steps_per_epoch=2", "backbone.head_dropout=0.0"]
+    base = resolve(preset="smoke", flags=[("method.name", "baseline", "--method")], sets=common)
+    okd = resolve(preset="smoke", flags=[("method.name", "okd", "--method")],
+                  sets=[*common, "method.afd=none", "method.otw=false", "method.warmup_epochs=1",
+                        "method.warmup_max_fraction=0.5"])
+    rb = train(base, TrainOptions(out=tmp_path, quiet=True))
+    ro = train(okd, TrainOptions(out=tmp_path, quiet=True))
+    assert ro["schedule"]["leading_epochs"] == 1
+    assert ro["metrics"] == rb["metrics"]
+    sb = torch.load(tmp_path / rb["checkpoint"], weights_only=False)["model"]
+    so = torch.load(tmp_path / ro["checkpoint"], weights_only=False)["model"]
+    for k, v in sb.items():
+        assert torch.equal(so[k], v), k
 
 
 @pytest.mark.parametrize("sets,needle", [
@@ -322,13 +448,21 @@ def test_config_errors_name_the_key(sets, needle):
 def _record(out: Path, method: str = "okd") -> dict:
     recs = list((out / "runs").rglob(f"{method}/*.json"))
     assert len(recs) == 1, recs
-    return json.loads(recs[0].read_text())
+    rec = json.loads(recs[0].read_text())
+    rec["_path"] = str(recs[0])
+    return rec
+
+
+def _log(rec: dict, key: str) -> list[dict]:
+    path = Path(rec["_path"]).parent / rec["history"][key]
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("sets", [
-    [], ["method.afd=equal", "method.otw=false"], ["method.afd=softmax"],
-    ["method.afd=select_skip"], ["method.afd=last_layer", "method.T=0.3"], ["method.afd=none"],
-], ids=["ours", "equal-no_otw", "softmax", "select_skip", "last_layer", "none"])
+    [], ["method.profile=text"], ["method.afd=equal", "method.otw=false"], ["method.afd=softmax"],
+    ["method.afd=select_skip"], ["method.afd=last_layer", "method.T=0.3", "method.profile=text"],
+    ["method.afd=none"],
+], ids=["script", "text", "equal-no_otw", "softmax", "select_skip", "last_layer-text", "none"])
 def test_each_variant_trains_on_smoke_data(sets, tmp_path):
     argv = ["run", "--method", "okd", "--backbone", "vit_tiny", "--preset", "smoke", "--quiet",
             "--out", str(tmp_path)]
@@ -338,7 +472,7 @@ def test_each_variant_trains_on_smoke_data(sets, tmp_path):
     rec = _record(tmp_path)
     afd = dict(s.split("=") for s in sets).get("method.afd", "ours")
     assert rec["config"]["method"]["afd"] == afd
-    step = rec["history"]["steps"][0]
+    step = _log(rec, "steps_file")[0]
     for t in TASKS:
         for k in (f"mtl/{t}", f"stl/{t}", f"lambda/{t}"):
             assert math.isfinite(step[k]), k
@@ -346,7 +480,7 @@ def test_each_variant_trains_on_smoke_data(sets, tmp_path):
     if "method.otw=false" in sets:
         assert all(step[f"lambda/{t}"] == 1.0 for t in TASKS)
     assert (step["afd"] == 0.0) == (afd == "none")
-    logs = rec["history"]["epochs"][0]["logs"]
+    logs = _log(rec, "epochs_file")[0]["logs"]
     assert logs["phase"] == "distill"  # smoke has one epoch: the warm-up is capped to 0
     if afd in ("ours", "softmax", "select_skip", "last_layer"):
         n_layers = 1 if afd == "last_layer" else 12
@@ -359,11 +493,11 @@ def test_each_variant_trains_on_smoke_data(sets, tmp_path):
     assert rec["method_info"]["warmup_epochs"] == 0
 
 
-def _resume_cfg():
+def _resume_cfg(profile):
     return resolve(preset="smoke", flags=[("method.name", "okd", "--method"),
                                           ("backbone.name", "vit_tiny", "--backbone")],
-                   sets=[*SMALL, "train.epochs=4", "train.eval_every=0", "method.warmup_epochs=2",
-                         "method.warmup_max_fraction=0.5"])
+                   sets=[*SMALL, "train.epochs=3", "train.eval_every=0", "method.warmup_epochs=2",
+                         "method.warmup_max_fraction=1.0", f"method.profile={profile}"])
 
 
 class _Kill(Exception):
@@ -375,13 +509,18 @@ def _final_state(out: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
 
 
-def test_resume_in_warmup_and_in_distillation_gives_the_uninterrupted_result(tmp_path):
-    cfg = _resume_cfg()  # 4 epochs: warm-up 0-1, distillation 2-3
+@pytest.mark.parametrize("profile", ["script", "text"])
+def test_resume_in_every_phase_gives_the_uninterrupted_result(profile, tmp_path):
+    cfg = _resume_cfg(profile)  # 2 warm-up epochs, then 3: script freezes the stl nets after 1
     ref = train(cfg, TrainOptions(out=tmp_path / "straight", quiet=True))
     ref_state = _final_state(tmp_path / "straight")
+    phases = [e["logs"]["phase"] for e in _log(ref, "epochs_file")]
+    want = (["warmup", "warmup", "distill", "distill_frozen_stl", "distill_frozen_stl"] if profile == "script"
+            else ["warmup", "warmup", "distill", "distill", "distill"])
+    assert phases == want
 
     out = tmp_path / "killed"
-    for kill_after in (0, 2):  # after epoch 1 of 2 of warm-up, after epoch 1 of 2 of distillation
+    for kill_after in (0, 2, 3):  # in warm-up, after the first joint epoch, in the frozen phase
 
         def on_epoch(epoch, entry, kill_after=kill_after):
             if epoch == kill_after:
@@ -391,13 +530,12 @@ def test_resume_in_warmup_and_in_distillation_gives_the_uninterrupted_result(tmp
             train(cfg, TrainOptions(out=out, quiet=True, resume=kill_after > 0, on_epoch=on_epoch))
     rec = train(cfg, TrainOptions(out=out, quiet=True, resume=True))
 
-    assert [e["logs"]["phase"] for e in rec["history"]["epochs"]] == \
-        ["warmup", "warmup", "distill", "distill"]
     assert rec["metrics"] == ref["metrics"] and rec["extra_metrics"] == ref["extra_metrics"]
-    assert [e["train_loss"] for e in rec["history"]["epochs"]] == \
-        [e["train_loss"] for e in ref["history"]["epochs"]]
-    assert [e["logs"] for e in rec["history"]["epochs"]] == [e["logs"] for e in ref["history"]["epochs"]]
-    assert rec["history"]["steps"] == ref["history"]["steps"]
+    assert _log(rec, "epochs_file") == _log(ref, "epochs_file") or \
+        [e["logs"] for e in _log(rec, "epochs_file")] == [e["logs"] for e in _log(ref, "epochs_file")]
+    assert [e["train_loss"] for e in _log(rec, "epochs_file")] == \
+        [e["train_loss"] for e in _log(ref, "epochs_file")]
+    assert _log(rec, "steps_file") == _log(ref, "steps_file")
     state = _final_state(out)
     assert state.keys() == ref_state.keys()
     for k in state:
@@ -436,10 +574,12 @@ def test_pretrained_teachers_load_an_stl_run_and_stay_frozen(tmp_path):
     state = _final_state(out)
     for k, v in stl_state.items():  # stl's model.nets.<t>.* are okd's stl.nets.<t>.*
         assert torch.equal(state[k.replace("model.", "stl.", 1)], v), k
-    # the frozen teachers are the stl run's networks: the same metrics
-    assert rec["extra_metrics"]["stl"] == stl_rec["metrics"]
-    assert rec["method_info"]["teacher_record"].endswith(Path(stl_rec["id"]).name + ".json")
-    step = rec["history"]["steps"][0]
+    # the frozen teachers are the stl run's networks: the same metrics (up to float summation
+    # order: the same weights on the same images, evaluated inside another process layout)
+    for t, ms in stl_rec["metrics"].items():
+        assert rec["extra_metrics"]["stl"][t] == pytest.approx(ms, rel=1e-5, abs=1e-6), t
+    assert rec["method_info"]["teacher_record"] == stl_rec["id"]
+    step = _log(rec, "steps_file")[0]
     assert step["afd"] > 0 and all(step[f"lambda/{t}"] == 1.0 for t in TASKS)
 
     # the same, naming the record explicitly: no search in the results dir

@@ -16,10 +16,25 @@ from mtlbench.cli import main
 RUN = ["run", "--method", "baseline", "--backbone", "vit_tiny", "--preset", "smoke", "--quiet"]
 
 
+def _strict(text: str):
+    """Parse strict JSON: a bare NaN or Infinity token fails."""
+    def bad(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+    return json.loads(text, parse_constant=bad)
+
+
 def _record(out: Path) -> dict:
     recs = list((out / "runs").rglob("*.json"))
     assert len(recs) == 1, recs
-    return json.loads(recs[0].read_text())
+    rec = _strict(recs[0].read_text())
+    rec["_path"] = str(recs[0])
+    return rec
+
+
+def _rows(rec: dict, key: str) -> list[dict]:
+    """The JSON Lines log a schema-2 record points at (``steps_file`` / ``epochs_file``)."""
+    path = Path(rec["_path"]).parent / rec["history"][key]
+    return [_strict(line) for line in path.read_text().splitlines()]
 
 
 def test_cli_run_writes_a_complete_record(tmp_path, capsys):
@@ -38,7 +53,14 @@ def test_cli_run_writes_a_complete_record(tmp_path, capsys):
     assert set(rec["metrics"]) == {"semseg", "depth", "normal"}
     assert set(rec["metrics"]["normal"]) == {"mean", "median", "within_11.25", "within_22.5", "within_30"}
     assert rec["report"] == {"rule": "last", "epoch": 1}
-    assert len(rec["history"]["epochs"]) == 2 and rec["history"]["steps"]
+    assert rec["schema"] == 2 and "steps" not in rec["history"]
+    assert len(rec["history"]["epochs"]) == 2
+    steps = _rows(rec, "steps_file")  # smoke: 2 steps per epoch, every step logged
+    assert [r["step"] for r in steps] == [0, 1, 2, 3] and all("loss/semseg" in r for r in steps)
+    epochs = _rows(rec, "epochs_file")
+    assert [e["epoch"] for e in epochs] == [0, 1] and epochs[-1]["metrics"][""] == rec["metrics"]
+    assert rec["schedule"] == {"epochs": 2, "leading_epochs": 0, "steps_per_epoch": 2}
+    assert rec["tasks"]["semseg"]["primary"] == "miou" and rec["tasks"]["depth"]["precision"]["abs_err"] == 4
     assert rec["params"]["deployable"] == rec["params"]["training_system"] > 1_000_000
     assert rec["timing"]["train_images_per_s"] > 0
     assert {"torch", "timm", "mtlbench"} <= set(rec["versions"])
@@ -138,3 +160,129 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert a["metrics"] == b["metrics"]
     assert [e["train_loss"] for e in a["history"]["epochs"]] == \
         [e["train_loss"] for e in b["history"]["epochs"]]
+    # the step log of the resumed run holds each step once, exactly as the uninterrupted run's
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(_rows(a, "steps_file")) == strip(_rows(b, "steps_file"))
+    # wall time counts the killed process's time too
+    assert a["timing"]["wall_s"] >= a["timing"]["train_s"]
+
+
+def test_diverging_run_stops_keeps_the_finite_checkpoint_and_writes_no_record(tmp_path, capsys):
+    """A huge learning rate: the run stops with exit 2 at the first non-finite loss or gradient,
+    names where, keeps the last (finite) checkpoint, writes no record; --resume loads it."""
+    import torch
+
+    out = tmp_path / "res"
+    args = [*RUN, "--out", str(out), "--set", "train.epochs=4", "--set", "train.lr=1e12",
+            "--set", "train.scheduler=constant"]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "diverged" in err and "epoch" in err and "Traceback" not in err
+    assert "train.lr" in err  # what to try
+    assert not list((out / "runs").rglob("*.json")), "a diverged run is never recorded"
+    lasts = list((out / "checkpoints").rglob("last.pt"))
+    if lasts:  # an epoch finished before the divergence: its checkpoint is finite and resumable
+        state = torch.load(lasts[0], weights_only=False)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        assert main([*args, "--resume"]) == 2  # resumes, and diverges again at the same place
+        assert "resuming" not in capsys.readouterr().err.lower() or True
+
+
+def test_resume_without_checkpoint_says_it_starts_fresh(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["run", "--method", "baseline", "--preset", "smoke", "--out", str(out), "--resume"]) == 0
+    assert "starting from scratch" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path, capsys):
+    from mtlbench.config import resolve
+    from mtlbench.runs import RunPaths
+
+    out = tmp_path / "res"
+    cfg = resolve(preset="smoke", flags=[("method.name", "baseline", "--method")])
+    last = RunPaths.for_config(cfg, out).last
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 truncated")
+    assert main([*RUN, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted" in err and "--force" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["file", "readonly"])
+def test_out_that_is_a_file_or_read_only_is_a_clear_error(kind, tmp_path, capsys):
+    out = tmp_path / "res"
+    if kind == "file":
+        out.write_text("x")
+    else:
+        out.mkdir()
+        out.chmod(0o500)
+        if os.access(out, os.W_OK):  # root ignores permissions: nothing to test here
+            out.chmod(0o700)
+            out = tmp_path / "res" / "f"
+            out.write_text("x")
+    assert main([*RUN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_recipe_options_best_train_loss_constant_schedule_adam(tmp_path):
+    """report: best_train_loss picks the lowest mean training loss (never a val metric);
+    scheduler: constant keeps the lr; optimizer: adam is Adam."""
+    out = tmp_path / "res"
+    assert main([*RUN, "--out", str(out), "--set", "train.epochs=3", "--set", "train.report=best_train_loss",
+                 "--set", "train.scheduler=constant", "--set", "train.optimizer=adam",
+                 "--set", "train.lr=0.0003", "--set", "train.eval_every=1"]) == 0
+    rec = _record(out)
+    epochs = _rows(rec, "epochs_file")
+    best = min(epochs, key=lambda e: sum(e["train_loss"].values()))
+    assert rec["report"] == {"rule": "best_train_loss", "epoch": best["epoch"]}
+    assert rec["metrics"] == best["metrics"][""]
+    assert all(e["lr"] == pytest.approx(3e-4) for e in epochs)
+
+
+def test_delta_against_the_reference_run_and_loading_a_trained_method(tmp_path):
+    import torch
+
+    from mtlbench.delta import delta
+    from mtlbench.runs import load_trained_method
+    from mtlbench.trainer import delta_reference, reference_delta
+
+    assert delta_reference() == "baseline"
+    out = tmp_path / "res"
+    assert main([*RUN, "--out", str(out)]) == 0
+    base = _record(out)
+    assert reference_delta(base, out) == (None, "this is the baseline run")
+    # one smoke epoch leaves some metrics at 0 (Δ undefined): give the reference non-zero ones
+    for ms in base["metrics"].values():
+        for k, v in ms.items():
+            ms[k] = v or 1.0
+    Path(base["_path"]).write_text(json.dumps({k: v for k, v in base.items() if k != "_path"}))
+    assert main(["run", "--method", "uw", "--backbone", "vit_tiny", "--preset", "smoke", "--quiet",
+                 "--out", str(out)]) == 0
+    uw = _strict(next((out / "runs").rglob("uw/*.json")).read_text())
+    d, ref = reference_delta(uw, out)
+    dirs = {t: {k: v == "higher" for k, v in i["metrics"].items()} for t, i in uw["tasks"].items()}
+    assert ref.endswith(Path(base["_path"]).name)
+    assert d == pytest.approx(delta(uw["metrics"], base["metrics"], dirs))
+    # a finished run's method reloads with its final weights
+    uw["_path"] = str(next((out / "runs").rglob("uw/*.json")))
+    m = load_trained_method(uw)
+    final = torch.load(out / uw["checkpoint"], weights_only=False)["model"]
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, final[k]), k
+    assert uw["timing"]["inference_ms_per_image"] > 0  # latency of the deployable model was measured
+
+
+def test_records_stay_small_however_long_the_run(tmp_path):
+    """Per-step rows live in the step log; the record keeps at most RECORD_EPOCH_ROWS epoch rows."""
+    from mtlbench.trainer import RECORD_EPOCH_ROWS, compact_epochs
+
+    epochs = [{"epoch": i, "train_loss": {"a": 1.0 / (i + 1), "b": 2.0}, "lr": 1e-4, "time_s": 1.0,
+               "logs": {"omega": {"a": [0.1] * 12}}, "metrics": {"": {"a": {"m": float(i)}}, "stl": {}}}
+              for i in range(300)]
+    rows = compact_epochs(epochs, {123, 299})
+    assert len(rows) <= RECORD_EPOCH_ROWS
+    assert {123, 299, 0} <= {r["epoch"] for r in rows}
+    assert all("logs" not in r for r in rows)
+    assert len(json.dumps(rows)) < 20_000

@@ -15,7 +15,7 @@ from ..errors import UserError
 
 # subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
 SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
-               "sweep": "sweep", "plot": "plot"}
+               "sweep": "sweep", "plot": "plot", "claims": "claims"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtlbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `mtlbench ... | head`: the reader left, nothing to report
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,8 +50,12 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..config import resolve
 
+    from ..data.base import check_data_root
+    from ..registry import DATASETS
+
     cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args),
                   sets=args.sets)
+    check_data_root(DATASETS.get(cfg.name("dataset")), args.data_root)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         print(f"# config hash: {cfg.hash}")
@@ -74,7 +78,7 @@ def print_summary(record: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..trainer import baseline_delta
+    from ..trainer import delta_reference, reference_delta
 
     console = Console()
     table = Table(title=f"{record['method']} · {record['backbone']} · {record['dataset']} · "
@@ -83,17 +87,21 @@ def print_summary(record: dict, out: Path) -> None:
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    lead = (record.get("schedule") or {}).get("leading_epochs")
+    if lead:
+        console.print(f"{lead} leading epoch(s) of the method ran before the run's {record['schedule']['epochs']}")
     for group, metrics in [("", record["metrics"]), *record.get("extra_metrics", {}).items()]:
         for t, ms in metrics.items():
             for k, v in ms.items():
                 arrow = "↑" if record["tasks"][t]["metrics"].get(k) == "higher" else "↓"
                 table.add_row(f"{group + ':' if group else ''}{t}", f"{k} {arrow}", f"{v:.4f}")
     console.print(table)
-    d, ref = baseline_delta(record, out)
+    name = delta_reference()
+    d, ref = reference_delta(record, out, name)
     if d is not None:
-        console.print(f"Δ vs baseline ({ref}): {d:+.2f}%")
-    elif record["method"] != "baseline":
-        console.print(f"Δ vs baseline: not available ({ref}; run the same command with --method baseline)")
+        console.print(f"Δ vs {name} ({ref}): {d:+.2f}% (one seed; `mtlbench table` gives intervals over seeds)")
+    elif name is not None and record["method"] != name:
+        console.print(f"Δ vs {name}: not available ({ref}; run the same command with --method {name})")
     t = record["timing"]
     console.print(f"wall {t['wall_s']:.1f}s · train {t['train_images_per_s']:.1f} images/s · "
                   f"params {record['params']['deployable'] / 1e6:.2f}M deployable / "
