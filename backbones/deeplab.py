@@ -2,7 +2,8 @@
 
 The CNN backbones of the OKD-MTL paper's Table 3 (Jacob et al., WACV 2023,
 §4.2: "DeepLabV3 [64]" and "DeepLabV3-MTAN [20]"), built as in LibMTL and
-lorenmt/mtan's ``resnet_mtan.py`` (reference facts §10-11); our own code.
+lorenmt/mtan's ``resnet_mtan.py`` (layer sizes, dilation and attention read from
+those repositories and the MTAN paper, Liu et al., CVPR 2019); our own code.
 
 Encoder (``deeplabv3``)
     torchvision's ResNet-50 (He et al., CVPR 2016) with avgpool and fc

@@ -1,7 +1,7 @@
 """The DeepLabV3 and DeepLabV3-MTAN backbones (backbones/deeplab.py).
 
 Shapes, the dilation pattern, MTAN's attention, parameter counts against the
-reference facts (§10-11), pretrained loading, the layer-by-layer API that
+the counts of LibMTL's and lorenmt/mtan's own model classes, pretrained loading, the layer-by-layer API that
 Cross-Stitch uses, and one baseline training step per backbone.  Pretrained
 weights of ``vit_tiny`` follow the same all-or-nothing rules and are tested
 here too, with its heads' input width.  Shape tests
@@ -150,8 +150,8 @@ def _counts(name):
 
 
 @pytest.mark.parametrize("name,total,encoder", [
-    ("deeplabv3", 71_888_721, 23_508_032),   # facts §10: HPS
-    ("deeplabv3_mtan", 92_347_921, 43_967_232),  # facts §10: MTAN
+    ("deeplabv3", 71_888_721, 23_508_032),   # LibMTL's HPS DeepLabV3, NYUv2 heads
+    ("deeplabv3_mtan", 92_347_921, 43_967_232),  # LibMTL's / lorenmt's ResNet-50 MTAN
 ])
 def test_parameter_counts(name, total, encoder):
     got_total, got_encoder, stl = _counts(name)

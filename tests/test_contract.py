@@ -29,6 +29,10 @@ from mtlbench.trainer import Optimisation, RunExists, TrainOptions, autocast_ctx
 #: (method, backbone) pairs that must refuse to build, and why (the error must say "unsupported")
 UNSUPPORTED = {
     ("cross_stitch", "deeplabv3_mtan"): "MTAN encoders have task-specific paths: stitching is undefined",
+    # their papers take gradients at the shared features (grad_on: features by default), and
+    # MTAN's final features are one tensor per task; grad_on=params works there
+    ("graddrop", "deeplabv3_mtan"): "no single shared representation for grad_on=features",
+    ("imtl_g", "deeplabv3_mtan"): "no single shared representation for grad_on=features",
 }
 
 COMBOS = [(m, b) for m in METHODS.names() for b in BACKBONES.names()]

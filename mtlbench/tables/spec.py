@@ -140,8 +140,24 @@ class TableSpec:
 
 
 def available_tables() -> list[str]:
-    """The numbers of the table specs beside this module (``table<N>.yaml``)."""
-    return sorted((p.stem[len("table"):] for p in SPEC_DIR.glob("table*.yaml")), key=_natural)
+    """The table specs beside this module: the paper's by number (``table<N>.yaml``: ``"1"``),
+    any other by name (``extended.yaml``: ``"extended"``)."""
+    names = []
+    for p in SPEC_DIR.glob("*.yaml"):
+        if p.stem.startswith("table") and p.stem[len("table"):].isdigit():
+            names.append(p.stem[len("table"):])
+        elif _is_table_spec(p):
+            names.append(p.stem)
+    return sorted(names, key=_natural)
+
+
+def _is_table_spec(p: Path) -> bool:
+    """Whether a YAML beside the specs is a table (the claims file is not)."""
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "sections" in data and "columns" in data
 
 
 def _natural(s: str):
@@ -157,10 +173,13 @@ def spec_path(ref: str | int, flag: str = "--id") -> Path:
             return p
         raise UserError(f"{flag} {ref}: there is no table {ref}; tables: {', '.join(available_tables())}",
                         hint=f"pass {flag} with one of those numbers, or a path to a table spec YAML")
+    named = SPEC_DIR / f"{ref}.yaml"
+    if ref in available_tables() and named.is_file():
+        return named
     p = Path(ref)
     if p.is_file():
         return p
-    raise UserError(f"{flag} {ref!r} is neither a table number ({', '.join(available_tables())}) "
+    raise UserError(f"{flag} {ref!r} is neither a table ({', '.join(available_tables())}) "
                     f"nor an existing spec file", hint=f"e.g. {flag} 1")
 
 

@@ -1,0 +1,299 @@
+"""Shared machinery of the gradient-based MTL methods: per-task gradients, a TorchJD aggregator, ``.grad``.
+
+The methods in ``pcgrad.py``, ``mgda.py``, ``cagrad.py``, ``imtl_g.py``,
+``nash_mtl.py``, ``aligned_mtl.py``, ``upgrad.py``, ``dualproj.py`` and
+``graddrop.py`` are small plugins over :class:`GradientMethod`: each picks a
+TorchJD aggregator (``torchjd.aggregation``) and its options.  This module does
+the rest, once.  (The leading underscore keeps the registry from importing it
+as a plugin.)
+
+One step, for tasks i = 1..m with losses L_i, shared features z and heads h_i:
+
+1. ``training_step``: the forward of the multi-task network, keeping z.
+2. ``backward``, stage 1: for each task, ``autograd.grad(L_i, [z_i, θ_{h_i}])``
+   (each head traversed once): head i's parameters get task i's plain gradient
+   (a head is reached by its own task only, so that *is* its gradient of Σ L_i),
+   and ∂L_i/∂z_i is kept.
+3. stage 2, by ``grad_on``:
+
+   * ``params`` (the methods as published): the Jacobian of (L_1..L_m) with
+     respect to the shared parameters θ_s (``Encoder.shared_parameters()``),
+     one row per task, by back-propagating the m feature gradients through the
+     encoder (``torchjd.autojac.jac`` with ``jac_outputs``: at once, vectorised
+     with ``torch.vmap``, or one task after another; ``jac_chunk_size``); the aggregator turns J (m x |θ_s|) into the shared
+     parameters' gradient.  Encoder parameters outside ``shared_parameters()``
+     (MTAN's attention modules) are task-specific: they get the sum of the rows,
+     i.e. their own task's gradient.  Cost: m encoder backward passes.
+   * ``features`` (the cheap "rep-grad" variant of LibMTL; MGDA-UB, Sener and
+     Koltun 2018, §3.3): J_z = [∂L_i/∂z] (m x |z|, the whole batch flattened) is
+     aggregated into one feature gradient g_z, back-propagated through the
+     encoder once: the encoder's gradient is ∂⟨z, g_z⟩/∂θ.  Cost: about the
+     baseline's.  Needs one shared representation: on encoders with
+     task-specific paths (MTAN: ``Features.final`` is a dict per task) building
+     the method says "unsupported"; use ``grad_on: params`` there.
+
+Aggregation runs in float32 whatever the autocast dtype.  For aggregators that
+weight J's rows by a function of the Gramian G = J Jᵀ (most of them), G is
+summed block by block over the parameter tensors and each block's gradient is
+``weights @ J_block``, so the concatenated J is never formed (TorchJD's
+``jac_to_grad(..., optimize_gramian_computation=True)`` does the same); other
+aggregators (Nash-MTL, GradDrop) see the concatenated matrix.
+
+Logs per step (floats): ``weight/<task>`` (where the aggregator weights rows),
+``cos/<a>-<b>`` the cosine similarity of two tasks' gradients on the shared
+part (the standard conflict diagnostic; on θ_s or on z by ``grad_on``),
+``grad_norm/<task>`` and ``grad_norm/aggregated`` (the norm of the aggregated
+shared gradient, in the same space).
+
+Why not TorchJD's ``autogram.Engine`` (the Gramian without the Jacobian)?  Its
+batched mode excludes BatchNorm (the DeepLab backbones) and modules that use
+their parameters outside their own ``forward`` (timm's ViT position
+embedding), and the Jacobian is needed anyway by the aggregators that are not
+Gramian-based and for the per-task norms; on ViT-tiny J is m x 5.5M floats
+(66 MB for three tasks).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mtlbench.api import Method, StepOutput
+from mtlbench.errors import UserError
+
+GRAD_ON = ("params", "features")
+SOLVERS_HINT = 'pip install -e ".[solvers]"'
+
+
+@dataclass
+class GradientConfig:
+    """Options every gradient-based method has."""
+
+    grad_on: str = "params"  # params: Jacobian on the shared parameters (as published) | features: on the shared representation (rep-grad)
+    jac_chunk_size: int = 0  # params only: tasks back-propagated together (0: auto, all via torch.vmap on CUDA in fp32, else one by one; k: k at once)
+
+    def validate(self) -> None:
+        if self.grad_on not in GRAD_ON:
+            raise ValueError(f"grad_on must be one of {', '.join(GRAD_ON)}, got {self.grad_on!r}")
+        if self.jac_chunk_size < 0:
+            raise ValueError(f"jac_chunk_size must be >= 0 (0: auto), got {self.jac_chunk_size}")
+
+
+def missing_packages(names) -> list[str]:
+    """The importable module names among ``names`` that are not installed."""
+    return [n for n in names if find_spec(n) is None]
+
+
+def cosine_matrix(gramian: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarities from a Gramian ``G = J Jᵀ`` (0 where a gradient is zero)."""
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gramian / denom.clamp_min(1e-30), torch.zeros_like(gramian))
+
+
+class GradientMethod(Method):
+    """Base of the gradient-based methods: aggregate the tasks' gradients with a TorchJD aggregator.
+
+    A plugin sets ``Config`` (a :class:`GradientConfig` subclass), ``summary``,
+    ``requires_packages`` (optional modules its aggregator needs) and
+    implements :meth:`make_aggregator`.
+    """
+
+    Config: ClassVar[type] = GradientConfig
+    #: modules the aggregator needs beyond torchjd (checked when the method is built)
+    requires_packages: ClassVar[tuple[str, ...]] = ()
+
+    # -- building ------------------------------------------------------------
+    def make_aggregator(self):
+        """The ``torchjd.aggregation.Aggregator`` this method uses, built from ``self.cfg``."""
+        raise NotImplementedError
+
+    def build(self) -> None:
+        super().build()
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        missing = missing_packages(self.requires_packages)
+        if missing:
+            raise UserError(
+                f"method {name} is not supported in this environment: its TorchJD aggregator needs "
+                f"the optional package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                "(not installed)",
+                hint=f"install the solvers extra: {SOLVERS_HINT}")
+        if not self._shared_parameters():
+            raise UserError(f"method {name} is unsupported on the {type(self.model.encoder).__name__} "
+                            "encoder: it has no trainable shared parameters to aggregate gradients on",
+                            hint="gradient-based methods need a shared, trainable encoder")
+        if self.cfg.grad_on == "features":
+            specific = self._encoder_specific_parameters()
+            if specific:
+                enc = type(self.model.encoder).__name__
+                raise UserError(
+                    f"method {name} with method.grad_on=features is unsupported on the {enc} encoder: "
+                    f"it has task-specific paths ({len(specific)} parameter tensors outside "
+                    "Encoder.shared_parameters()), so its final features are one tensor per task "
+                    "and there is no single shared representation to aggregate gradients on",
+                    hint="use --set method.grad_on=params (the Jacobian on the shared parameters), "
+                         "or a backbone with one shared representation (e.g. --backbone deeplabv3)")
+        # Not a submodule: aggregators hold no parameters, and state_dict stays the network's.
+        object.__setattr__(self, "aggregator", self.make_aggregator())
+
+    def _shared_parameters(self) -> list[nn.Parameter]:
+        seen: set[int] = set()
+        out = []
+        for p in self.model.encoder.shared_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def _encoder_specific_parameters(self) -> list[nn.Parameter]:
+        shared = {id(p) for p in self._shared_parameters()}
+        return [p for p in self.model.encoder.parameters() if p.requires_grad and id(p) not in shared]
+
+    # -- the step --------------------------------------------------------------
+    def training_step(self, batch: dict) -> StepOutput:
+        x = batch["image"]
+        # The forward of MultiTaskNet, keeping each task's features for backward.
+        feats = self.model.encoder(x)
+        size = x.shape[-2:]
+        z = {t: feats.for_task(t) for t in self.task_names}
+        preds = {t: self.model.heads[t](z[t], size) for t in self.task_names}
+        losses = self.task_losses(preds, batch)
+        # The combined loss depends on the gradients: it is known only in backward.
+        return StepOutput(losses=losses, loss=None,
+                          extra={"features": z, "vmap_ok": x.device.type != "cpu"
+                                 and not torch.is_autocast_enabled(x.device.type)})
+
+    def backward(self, out: StepOutput) -> None:
+        z = out.extra["features"]
+        m = len(self.task_names)
+        # Unique feature tensors (one for shared encoders, one per task for MTAN).
+        reps: list[torch.Tensor] = []
+        rep_of: list[int] = []
+        for t in self.task_names:
+            k = next((j for j, r in enumerate(reps) if r is z[t]), None)
+            if k is None:
+                reps.append(z[t])
+                k = len(reps) - 1
+            rep_of.append(k)
+        if self.cfg.grad_on == "features" and len(reps) > 1:
+            raise UserError("grad_on=features is unsupported with task-specific final features "
+                            "(Features.final is a dict of distinct tensors)",
+                            hint="use --set method.grad_on=params")
+
+        # Stage 1: each task's gradient w.r.t. its head and its features; each head once.
+        feat_grads: list[torch.Tensor] = []
+        for i, t in enumerate(self.task_names):
+            head = [p for p in self.model.heads[t].parameters() if p.requires_grad]
+            zi = z[t]
+            grads = torch.autograd.grad(out.losses[t], [zi, *head], retain_graph=True, allow_unused=True)
+            _accumulate(head, grads[1:])
+            feat_grads.append(torch.zeros_like(zi) if grads[0] is None else grads[0])
+
+        if self.cfg.grad_on == "features":
+            rep = reps[0]
+            J = torch.stack(feat_grads).flatten(1).float()
+            (g,), weights, gram = self.aggregate([J])
+            torch.autograd.backward(rep, g.view_as(rep).to(rep.dtype))
+        else:
+            from torchjd.autojac import jac
+
+            shared = self._shared_parameters()
+            specific = self._encoder_specific_parameters()
+            # jac_outputs[k][i]: task i's gradient w.r.t. representation k (0 if task i does not use it)
+            jac_outputs = [torch.stack([feat_grads[i] if rep_of[i] == k else torch.zeros_like(r)
+                                        for i in range(m)]) for k, r in enumerate(reps)]
+            inputs = [*shared, *specific]
+            jacs = jac(reps, inputs, jac_outputs=jac_outputs, retain_graph=False,
+                       parallel_chunk_size=self._chunk_size(out.extra.get("vmap_ok", False)))
+            blocks = [j.reshape(m, -1).float() for j in jacs[:len(shared)]]
+            grads, weights, gram = self.aggregate(blocks)
+            _accumulate(shared, [g.view_as(p).to(p.dtype) for g, p in zip(grads, shared)])
+            # Task-specific encoder parameters: only their task's row is non-zero; the sum is
+            # that task's plain gradient.
+            _accumulate(specific, [j.sum(0).to(p.dtype) for j, p in zip(jacs[len(shared):], specific)])
+            g = torch.cat([x.reshape(-1) for x in grads])
+        out.logs.update(self._logs(weights, gram, g))
+
+    def _chunk_size(self, vmap_ok: bool) -> int | None:
+        """Rows of the Jacobian back-propagated together (``None``: all, in one vmapped pass).
+
+        ``jac_chunk_size: 0`` (auto) vectorises over the tasks with ``torch.vmap``
+        on CUDA in float32 (TorchJD's default), and otherwise goes one task at a
+        time, a loop of plain backward passes, which always works:
+
+        * under autocast torch.vmap fails on the mixed-precision backward (on the
+          CPU, deeplabv3 with bf16: "expected scalar type BFloat16 but found Float");
+        * on the CPU the loop is faster: torch.vmap has no batching rule for the CPU
+          flash-attention backward and falls back to a slow per-sample loop (ViT-tiny,
+          quick preset, 1 thread: 0.6 s of CPU time for the three tasks' encoder
+          backward passes one by one, 0.8-0.9 s vmapped).
+        """
+        if self.cfg.jac_chunk_size:
+            return self.cfg.jac_chunk_size
+        return None if vmap_ok else 1
+
+    # -- aggregation -------------------------------------------------------------
+    def aggregate(self, blocks: list[torch.Tensor]
+                  ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """Aggregate a Jacobian given as column blocks ``[m, n_k]`` (float32).
+
+        Returns each block's aggregated gradient ``[n_k]``, the weights of J's
+        rows if the aggregator combines rows linearly (else None) and the
+        Gramian ``J Jᵀ``.
+        """
+        from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
+
+        agg = self.aggregator
+        gram = sum(b @ b.T for b in blocks)
+        if isinstance(agg, GramianWeightedAggregator):
+            weights = agg.gramian_weighting(gram)
+            return [weights.to(b.dtype) @ b for b in blocks], weights, gram
+        J = torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]
+        if isinstance(agg, WeightedAggregator):
+            weights = agg.weighting(J)
+            vec = weights.to(J.dtype) @ J
+        else:
+            weights = None
+            vec = agg(J)
+        return list(vec.split([b.shape[1] for b in blocks])), weights, gram
+
+    def _logs(self, weights: torch.Tensor | None, gram: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
+        names = self.task_names
+        m = len(names)
+        cos = cosine_matrix(gram.detach())
+        pairs = [(a, b) for a in range(m) for b in range(a + 1, m)]
+        parts = [gram.diagonal().clamp_min(0).sqrt(), g.detach().float().norm().reshape(1)]
+        if pairs:
+            parts.append(torch.stack([cos[a, b] for a, b in pairs]))
+        if weights is not None:
+            parts.append(weights.detach().reshape(-1))
+        values = torch.cat([p.float().to(gram.device) for p in parts]).tolist()  # one device sync
+        logs = {f"grad_norm/{t}": values[i] for i, t in enumerate(names)}
+        logs["grad_norm/aggregated"] = values[m]
+        k = m + 1
+        for a, b in pairs:
+            logs[f"cos/{names[a]}-{names[b]}"] = values[k]
+            k += 1
+        if weights is not None:
+            logs.update({f"weight/{t}": values[k + i] for i, t in enumerate(names)})
+        # Logs are strict JSON: a non-finite value (the trainer stops on non-finite gradients
+        # anyway) is left out rather than written as NaN.
+        return {key: v for key, v in logs.items() if math.isfinite(v)}
+
+    def summary_info(self) -> dict[str, Any]:
+        return {"aggregator": repr(self.aggregator), "grad_on": self.cfg.grad_on}
+
+
+def _accumulate(params, grads) -> None:
+    """Add ``grads`` into ``p.grad`` (``None`` entries skipped), as autograd would."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.detach().clone() if g.requires_grad else g
+        else:
+            p.grad.add_(g)
