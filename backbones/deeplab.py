@@ -64,6 +64,7 @@ from torch import nn
 from mtlbench.api import BackboneFactory, Encoder
 from mtlbench.config import option
 from mtlbench.errors import UserError
+from mtlbench.weights import load_weights_strictly, read_state_dict
 from mtlbench.registry import BACKBONES
 from mtlbench.tasks import Task
 
@@ -104,66 +105,6 @@ _RESNET_HINT = ("point it at a torchvision ResNet-50 ImageNet state dict, "
                 "e.g. resnet50-0676ba61.pth or resnet50-19c8e357.pth")
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _load_pretrained_file(path_str: str) -> dict[str, torch.Tensor]:
-    """The state dict in ``backbone.pretrained_file``; anything unreadable is a UserError."""
-    path = Path(path_str).expanduser()
-    what = f"backbone.pretrained_file {str(path)!r}"
-    if not path.is_file():
-        raise UserError(f"{what} does not exist" + (" (it is a directory)" if path.is_dir() else ""),
-                        hint=_RESNET_HINT)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors come in many types
-        raise UserError(f"{what} is not a readable checkpoint ({_short(exc)})",
-                        hint="the file must be a state dict saved with torch.save; " + _RESNET_HINT) from exc
-    # Accept training checkpoints that wrap the weights, and DataParallel prefixes.
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not sd:
-        raise UserError(f"{what} holds " + ("an empty mapping" if isinstance(sd, dict)
-                                            else f"a {type(sd).__name__}") + ", not a state dict",
-                        hint=_RESNET_HINT)
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise UserError(f"{what} is not a state dict: {len(bad)} entr"
-                        f"{'y is' if len(bad) == 1 else 'ies are'} not named tensors (e.g. {bad[0]!r})",
-                        hint=_RESNET_HINT)
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
-
-
-def _load_strictly(net: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``sd`` into ``net``; a missing, unexpected or misshapen key is a UserError with counts."""
-    own = net.state_dict()
-    # Legacy files (resnet50-19c8e357) predate BatchNorm's counter; load_state_dict fills it.
-    missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} of ResNet-50's {len(own)} weights missing ({_few(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) != 1 else ''} "
-                         f"({_few(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} of other shape (file vs ResNet-50: {_few(shapes, 2)})")
-        raise UserError(f"{source} is not a ResNet-50 state dict: " + "; ".join(parts),
-                        hint="use torchvision's resnet50 ImageNet weights "
-                             "(keys conv1.weight, layer1.0.conv1.weight, ...)")
-    net.load_state_dict(sd, strict=False)  # checked above
-
-
 def _download_state_dict() -> dict[str, torch.Tensor]:
     from torchvision.models import ResNet50_Weights
 
@@ -178,7 +119,9 @@ def build_dilated_resnet50(cfg: DeepLabV3Config) -> nn.Module:
     del net.avgpool, net.fc
     sd = None
     if cfg.pretrained_file:
-        sd, source = _load_pretrained_file(cfg.pretrained_file), f"backbone.pretrained_file {cfg.pretrained_file!r}"
+        path = Path(cfg.pretrained_file).expanduser()
+        sd, source = read_state_dict(path, "backbone.pretrained_file", _RESNET_HINT), \
+            f"backbone.pretrained_file {str(path)!r}"
     elif cfg.pretrained:
         try:
             sd = _download_state_dict()
@@ -191,7 +134,10 @@ def build_dilated_resnet50(cfg: DeepLabV3Config) -> nn.Module:
         source = "torchvision IMAGENET1K_V1"
     if sd is not None:
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # the ImageNet classifier
-        _load_strictly(net, sd, source)
+        # legacy files (resnet50-19c8e357) predate BatchNorm's counter; load_state_dict fills it
+        load_weights_strictly(net, sd, source, "use torchvision's resnet50 ImageNet weights "
+                              "(keys conv1.weight, layer1.0.conv1.weight, ...)", model="ResNet-50",
+                              optional=(".num_batches_tracked",))
     return net
 
 

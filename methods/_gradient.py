@@ -156,11 +156,7 @@ class GradientMethod(Method):
     # -- the step --------------------------------------------------------------
     def training_step(self, batch: dict) -> StepOutput:
         x = batch["image"]
-        # The forward of MultiTaskNet, keeping each task's features for backward.
-        feats = self.model.encoder(x)
-        size = x.shape[-2:]
-        z = {t: feats.for_task(t) for t in self.task_names}
-        preds = {t: self.model.heads[t](z[t], size) for t in self.task_names}
+        preds, z = self.model.forward_with_final(x)  # z: each task's features, for backward
         losses = self.task_losses(preds, batch)
         # The combined loss depends on the gradients: it is known only in backward.
         return StepOutput(losses=losses, loss=None,

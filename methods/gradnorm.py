@@ -141,12 +141,7 @@ class GradNorm(Method):
 
     # -- the step --------------------------------------------------------------
     def training_step(self, batch):
-        x = batch["image"]
-        # The forward of MultiTaskNet, keeping the shared features z for backward.
-        feats = self.model.encoder(x)
-        size = x.shape[-2:]
-        z = {t: feats.for_task(t) for t in self.task_names}
-        preds = {t: self.model.heads[t](z[t], size) for t in self.task_names}
+        preds, z = self.model.forward_with_final(batch["image"])  # z: the shared features, for backward
         losses = self.task_losses(preds, batch)
         w = self.task_weights.detach()
         total = sum(w[i] * losses[t] for i, t in enumerate(self.task_names))

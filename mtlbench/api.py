@@ -228,6 +228,14 @@ class MultiTaskNet(nn.Module):
         preds = {t: head(feats.for_task(t), size) for t, head in self.heads.items()}
         return (preds, feats) if return_features else preds
 
+    def forward_with_final(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(predictions, {task: the final features its head read})``: for methods that take
+        gradients at the shared representation (GradNorm, the gradient methods)."""
+        feats = self.encoder(x)
+        size = x.shape[-2:]
+        z = {t: feats.for_task(t) for t in self.heads}
+        return {t: head(z[t], size) for t, head in self.heads.items()}, z
+
 
 class TaskNetworks(nn.Module):
     """Independent networks, one per task, presented as one multi-task model."""

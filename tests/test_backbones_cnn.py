@@ -191,7 +191,7 @@ def test_pretrained_file_errors(tmp_path):
     with pytest.raises(UserError) as e:
         factory("deeplabv3", pretrained_file=str(bad)).encoder(["semseg"])
     msg = str(e.value)
-    assert "not a ResNet-50 state dict" in msg and "1 unexpected key (head.weight)" in msg
+    assert "does not fit ResNet-50" in msg and "1 unexpected key (head.weight)" in msg
     # every weight but conv1.weight is missing; BatchNorm's counters may be absent (legacy files)
     assert "weights missing (bn1.weight, bn1.bias, bn1.running_mean, ...)" in msg
     text = tmp_path / "notes.pth"
