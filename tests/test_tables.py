@@ -15,6 +15,7 @@ from mtlbench.errors import UserError
 from mtlbench.tables import (RecordIndex, apply_overrides, available_tables, build_table, choose_setting,
                              load_spec, method_defaults, options_match, parse_overrides, parse_seeds, render)
 from mtlbench.tables import options as options_mod
+from mtlbench.tables import spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tables"
 GOLDEN = FIXTURES / "table1_smoke.md"
@@ -34,7 +35,9 @@ def _paper_results(spec, row, backbone):
 # ---------------------------------------------------------------------------
 
 def test_all_five_tables_load():
-    assert available_tables() == ["1", "2", "3", "4", "5"]
+    # the paper's five by number, then the tables beyond the paper by name (not the claims file)
+    assert available_tables() == ["1", "2", "3", "4", "5", "extended"]
+    assert load_spec("extended").id and spec.spec_path("extended").name == "extended.yaml"
     rows = {t: [r.label for r in load_spec(t).rows()] for t in available_tables()}
     eight = ["Single Task", "Baseline (MTL)", "DWA", "GradNorm", "UW", "RLW", "Cross Stitch", "KD-MTL"]
     assert rows["1"] == eight + ["OKD-MTL (text)", "OKD-MTL (script)"]
