@@ -24,19 +24,14 @@ as in the official code.
 Mapping onto the trainer's step rule:
 
 * the logits are a parameter of the method with their own optimiser,
-  declared in :meth:`FAMO.optimizers` (Adam, not scheduled); the trainer steps
-  and checkpoints it;
+  declared in :meth:`FAMO.optimizers` (Adam, not scheduled, ``after_update``);
+  the trainer steps and checkpoints it;
 * ``after_step(step, batch)`` runs after the model's step: one extra no-grad
   forward on the same batch under the run's autocast (``ctx.autocast()``),
-  giving δ and the logits' gradient z ⊙ (δ − zᵀδ) (with the z of that step);
-* that gradient is handed to the trainer at the *next* step: the trainer
-  zeroes every gradient before ``training_step``, so ``backward`` sets
-  ``ξ.grad`` then, and the trainer steps ξ with the model.  Departure: z at
-  step t+1 is therefore computed from ξ before the update with δ_t (the logits
-  lag one step behind Algorithm 1, whose ξ_{t+1} already includes δ_t).  With
-  β = 0.025 the logits move by about β per step, so the lag changes the
-  weights by O(β) for one step.  The pending gradient is kept in
-  ``extra_state`` so a resumed run applies it.
+  giving δ and the logits' gradient z ⊙ (δ − zᵀδ) (with the z of that step),
+  which it sets as ``ξ.grad``; the trainer then steps ξ (an ``after_update``
+  optimiser is stepped after ``after_step``), so ξ_{t+1} includes δ_t exactly
+  as in Algorithm 1;
 * the extra forward runs in training mode (the function being optimised),
   with the network's buffers (BatchNorm running statistics) restored
   afterwards so the repeated batch does not count twice.
@@ -127,7 +122,6 @@ class FAMO(Method):
         self._autocast = nullcontext
         self._before: torch.Tensor | None = None  # this step's losses (float32), for after_step
         self._z: torch.Tensor | None = None  # this step's z
-        self._pending: torch.Tensor | None = None  # the logits' gradient awaiting the next step
 
     # -- what trains what ----------------------------------------------------
     def param_groups(self):
@@ -136,7 +130,8 @@ class FAMO(Method):
     def optimizers(self):
         return [OptimizerSpec("model", self.param_groups()),
                 OptimizerSpec("famo_logits", [{"params": [self.logits]}], kind="adam",
-                              lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, scheduled=False)]
+                              lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, scheduled=False,
+                              after_update=True)]
 
     def weights(self) -> torch.Tensor:
         """z = softmax(ξ), the task weights."""
@@ -163,12 +158,7 @@ class FAMO(Method):
         return StepOutput(losses=losses, loss=objective, logs=logs)
 
     def backward(self, out):
-        out.loss.backward()
-        # The trainer zeroed ξ's gradient before this step: hand it the update measured
-        # after the previous step (0 before the first: Adam then applies only γξ).
-        g = self._pending if self._pending is not None else torch.zeros_like(self.logits)
-        self.logits.grad = g.to(self.logits.device, self.logits.dtype).clone()
-        self._pending = None
+        out.loss.backward()  # the model only: ξ's gradient comes in after_step
 
     @torch.no_grad()
     def after_step(self, step, batch=None):
@@ -182,18 +172,11 @@ class FAMO(Method):
         for b, s in zip(self.model.buffers(), saved):
             b.copy_(s)
         delta = famo_delta(self._before, after, self.cfg.min_loss, self.cfg.eps)
-        self._pending = famo_logit_grad(self._z, delta)
+        # ξ's gradient for the trainer's after-update step of the logits optimiser
+        self.logits.grad = famo_logit_grad(self._z, delta).to(self.logits.device, self.logits.dtype)
         self._before = None
         return {f"famo/delta/{t}": v for t, v in zip(self.task_names, delta.tolist())}
 
     # -- state -------------------------------------------------------------
-    def extra_state(self):
-        return {"pending_logit_grad": None if self._pending is None else self._pending.tolist()}
-
-    def load_extra_state(self, state):
-        g = state.get("pending_logit_grad")
-        self._pending = None if g is None else torch.tensor(g, dtype=torch.float32,
-                                                            device=self.logits.device)
-
     def summary_info(self):
         return {"final_weights": dict(zip(self.task_names, self.weights().tolist()))}

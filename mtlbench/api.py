@@ -45,8 +45,9 @@ into its parameters between those two calls (several backward passes, or
 ``p.grad`` set directly) is what the trainer clips and steps.**  So a method may
 split its backward (OKD-MTL back-propagates each single-task network inside
 ``training_step`` to free its graph), but never zeroes or steps anything
-itself; ``after_step(step, batch)`` runs after all optimisers and schedulers
-stepped.  ``tests/test_contract.py`` checks the rule for every registered
+itself; ``after_step(step, batch)`` runs after the optimisers and schedulers
+stepped, and sets the gradients of any optimiser declared ``after_update``,
+which the trainer steps right after it (FAMO).  ``tests/test_contract.py`` checks the rule for every registered
 method through the trainer's own :func:`mtlbench.trainer.optimizer_step`.
 
 How the methods use the contract (each needs no change to the trainer)::
@@ -289,7 +290,10 @@ class OptimizerSpec:
     the run's values where None).  ``scheduled``: whether ``train.scheduler`` applies;
     it spans the run's own epochs, or with ``schedule_leading`` the method's leading
     epochs too (OKD-MTL's single-task networks, which also train in its warm-up).
-    ``name`` keys its state in checkpoints.
+    ``after_update``: stepped after ``after_step`` instead of with the others, for
+    parameters whose gradient is only known once the model has stepped (FAMO's
+    logits: from the losses of the updated model on the same batch); the method
+    sets their ``.grad`` in ``after_step``.  ``name`` keys its state in checkpoints.
     """
 
     name: str
@@ -300,6 +304,7 @@ class OptimizerSpec:
     scheduled: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     schedule_leading: bool = False
+    after_update: bool = False
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g["params"]]

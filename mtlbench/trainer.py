@@ -276,14 +276,26 @@ class Optimisation:
                 steps = schedule_steps + (leading_steps if spec.schedule_leading else 0)
                 self.schedulers[spec.name] = make_scheduler(self.optimizers[spec.name], tcfg, steps)
         self._leading = {s.name for s in self.specs if s.schedule_leading}
+        self._late = [s.name for s in self.specs if s.after_update]
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        for opt in self.optimizers.values():
-            opt.step()
+        """Step every optimiser but those stepped after the update (``after_update``)."""
+        for name, opt in self.optimizers.items():
+            if name not in self._late:
+                opt.step()
+
+    def step_after_update(self) -> None:
+        """Step the ``after_update`` optimisers, whose gradients ``after_step`` set."""
+        for name in self._late:
+            params = [p for g in self.optimizers[name].param_groups for p in g["params"]]
+            norm = _grad_norm(params)
+            if norm is not None and not bool(torch.isfinite(norm)):
+                raise _NonFinite(f"the gradient norm of the {name!r} optimiser became {float(norm)}")
+            self.optimizers[name].step()
 
     def schedule(self, leading: bool = False) -> None:
         """Advance the schedules after a step (``leading``: a step of the method's leading
@@ -544,6 +556,10 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
                     raise _diverged(str(exc), epoch, i, lead, paths, batch) from None
                 optim.schedule(leading=epoch < lead)
                 step_logs = method.after_step(global_step, batch) or {}
+                try:
+                    optim.step_after_update()
+                except _NonFinite as exc:
+                    raise _diverged(str(exc), epoch, i, lead, paths, batch) from None
                 losses = {t: float(v.detach()) for t, v in out.losses.items()}
                 for t, v in losses.items():
                     sums[t] = sums.get(t, 0.0) + v

@@ -137,6 +137,10 @@ def test_contract(method, backbone, results_dir):
             assert math.isfinite(float(v.detach())), f"{t} loss not finite at epoch {epoch}"
         logs.append(_json_roundtrip({k: v for k, v in out.logs.items()}))
         logs.append(_json_roundtrip(m.after_step(step, batch) or {}))
+        # optimisers stepped after the update (FAMO's logits) got their gradients in after_step
+        late = [p for spec in m.optimizers() if spec.after_update for p in spec.parameters()]
+        got_grad |= {id(p) for p in late if p.grad is not None}
+        optim.step_after_update()
         logs.append(_json_roundtrip(m.on_epoch_end(epoch, {t: float(v.detach()) for t, v in out.losses.items()})
                                     or {}))
         step += 1

@@ -437,55 +437,44 @@ def test_famo_weights_move_towards_the_slowest_task():
 
 
 def _famo_loop(m, batches):
-    """The trainer's step rule with the method's own optimiser specs."""
-    opts = []
-    for spec in m.optimizers():
-        if spec.kind == "adam":
-            opts.append(torch.optim.Adam(spec.groups, lr=spec.lr, weight_decay=spec.weight_decay))
-        else:
-            opts.append(torch.optim.SGD(spec.groups, lr=0.05))
+    """The trainer's step with the method's own optimiser specs: the model's step, then
+    after_step (FAMO's extra forward), then the after-update step of the logits."""
+    from mtlbench.config import TrainConfig
+    from mtlbench.trainer import Optimisation, optimizer_step
+
+    optim = Optimisation(m, TrainConfig(optimizer="adam", lr=0.05, weight_decay=0.0, scheduler="constant"), 100)
     records = []
     for step, batch in enumerate(batches):
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        out = m.training_step(batch)
-        m.backward(out)
-        records.append({"logit_grad": m.logits.grad.clone(), "losses": out.losses,
-                        "z": torch.softmax(m.logits.detach(), 0)})
-        for o in opts:
-            o.step()
+        z = torch.softmax(m.logits.detach(), 0)
+        out = optimizer_step(m, optim, batch, torch.device("cpu"), "fp32")
+        at_model_step = None if m.logits.grad is None else m.logits.grad.clone()
+        logits_after_model_step = m.logits.detach().clone()
         m.after_step(step, batch)
+        records.append({"grad_at_model_step": at_model_step, "logit_grad": m.logits.grad.clone(),
+                        "losses": out.losses, "z": z, "logits_after_model_step": logits_after_model_step})
+        optim.step_after_update()
     return records
 
 
-def test_famo_method_follows_the_step_rule():
+def test_famo_method_follows_the_step_rule_and_algorithm_1_timing():
     m = make("famo")
     specs = {s.name: s for s in m.optimizers()}
     assert specs["famo_logits"].kind == "adam" and not specs["famo_logits"].scheduled
     assert specs["famo_logits"].lr == 0.025 and specs["famo_logits"].weight_decay == 1e-3
+    assert specs["famo_logits"].after_update and not specs["model"].after_update
     assert id(m.logits) not in {id(p) for p in specs["model"].parameters()}
     batch = toy_batch()
     recs = _famo_loop(m, [batch, batch])
-    torch.testing.assert_close(recs[0]["logit_grad"], torch.zeros(2))  # nothing measured yet
-    # step 1's ξ gradient: δ of step 0 (losses before and after the model's step, same batch)
+    # the model's backward leaves ξ alone, and the model's step does not move it
+    assert recs[0]["grad_at_model_step"] is None
+    torch.testing.assert_close(recs[0]["logits_after_model_step"], torch.zeros(2))
+    # ξ's gradient of step 0 is δ of step 0 (the losses before and after the model's step,
+    # on the same batch), applied right away as in Algorithm 1 (no lag)
     before = torch.stack([recs[0]["losses"][t].detach() for t in m.task_names])
     after = torch.stack([recs[1]["losses"][t].detach() for t in m.task_names])
     expected = famo_logit_grad(recs[0]["z"], famo_delta(before, after))
-    torch.testing.assert_close(recs[1]["logit_grad"], expected, atol=1e-6, rtol=1e-5)
-    assert not torch.equal(m.logits.detach(), torch.zeros(2))  # the logits moved
-
-
-def test_famo_pending_gradient_round_trips():
-    m = make("famo")
-    batch = toy_batch()
-    _famo_loop(m, [batch])
-    state = json.loads(json.dumps(m.extra_state()))
-    assert state["pending_logit_grad"] is not None
-    m2 = make("famo")
-    m2.load_extra_state(state)
-    out = m2.training_step(batch)
-    m2.backward(out)
-    torch.testing.assert_close(m2.logits.grad, torch.tensor(state["pending_logit_grad"]))
+    torch.testing.assert_close(recs[0]["logit_grad"], expected, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(recs[1]["z"], recs[0]["z"])  # step 1 already uses the updated weights
 
 
 def test_famo_after_step_leaves_batchnorm_statistics_alone():
