@@ -96,14 +96,16 @@ class PassthroughHead(nn.Module):
 
 
 class ConvHead(nn.Module):
-    """A 1x1 convolution to the task's channels, resized to the input."""
+    """A 1x1 convolution to the task's channels, resized to the input (``mode``)."""
 
-    def __init__(self, channels: int, in_channels: int = 3):
+    def __init__(self, channels: int, in_channels: int = 3, mode: str = "bilinear"):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, 1)
+        self.mode = mode
 
     def forward(self, feat, size):
-        return F.interpolate(self.conv(feat), size=tuple(size), mode="bilinear", align_corners=False)
+        kw = {"align_corners": False} if self.mode == "bilinear" else {}
+        return F.interpolate(self.conv(feat), size=tuple(size), mode=self.mode, **kw)
 
 
 @dataclass
@@ -131,6 +133,79 @@ class ToyBackbone(BackboneFactory):
 
     def head(self, task):
         return PassthroughHead() if self.cfg.heads == "identity" else ConvHead(task.channels)
+
+
+class ConvEncoder(Encoder):
+    """Shared 1x1 convolutions: a stem, then ``n_layers`` shared layers, the last one ``shared``
+    (GradNorm's W); with ``tasks``, task-specific gates on the final features (a dict per task,
+    as MTAN's).  ``linear``: no tanh and plain linear gates, so every gradient is a
+    hand-checkable product (the gradient methods' tests); otherwise tanh after the stem and
+    between layers and sigmoid gates."""
+
+    def __init__(self, c: int = 8, tasks=(), n_layers: int = 1, linear: bool = False):
+        super().__init__()
+        self.linear = linear
+        self.stem = nn.Conv2d(3, c, 1)
+        self.shared = nn.Conv2d(c, c, 1)
+        self.gates = nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks})
+        # made last, so a one-layer encoder draws its initial weights as it always did
+        self.more = nn.ModuleList([nn.Conv2d(c, c, 1) for _ in range(n_layers - 1)])
+        self.num_layers = n_layers
+        self.layer_channels = [c] * n_layers
+        self.out_channels = c
+
+    def begin(self, x):
+        s = self.stem(x)
+        return s if self.linear else torch.tanh(s)
+
+    def layer(self, i, state):
+        last = i == self.num_layers - 1
+        out = (self.shared if last else self.more[i])(state)
+        return out if (self.linear or last) else torch.tanh(out)
+
+    def layer_feature(self, state):
+        return state
+
+    def end(self, state):
+        if not self.gates:
+            return state
+        if self.linear:
+            return {t: g(state) for t, g in self.gates.items()}
+        return {t: state * torch.sigmoid(g(state)) for t, g in self.gates.items()}
+
+    def shared_parameters(self):
+        return [*self.stem.parameters(), *self.more.parameters(), *self.shared.parameters()]
+
+    def last_shared_parameters(self):
+        return [self.shared.weight, self.shared.bias]
+
+
+@dataclass
+class ConvToyConfig:
+    """Options of the convolutional toy backbone."""
+
+    channels: int = 8
+    per_task: bool = False  # task-specific final features (a dict), as MTAN's
+    n_layers: int = 1
+    linear: bool = False
+    head_mode: str = "nearest"  # how heads resize to the input
+
+
+class ConvToyBackbone(BackboneFactory):
+    """A tiny convolutional backbone for method tests (milliseconds per step)."""
+
+    Config = ConvToyConfig
+    summary = "test-only convolutional toy backbone (tests/conftest.py)"
+
+    def __init__(self, cfg, tasks):
+        super().__init__(cfg if cfg is not None else ConvToyConfig(), tasks)
+
+    def encoder(self, tasks):
+        c = self.cfg
+        return ConvEncoder(c.channels, tasks if c.per_task else (), c.n_layers, c.linear)
+
+    def head(self, task):
+        return ConvHead(task.channels, self.cfg.channels, self.cfg.head_mode)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import runpy
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import BackboneFactory, Encoder
 from mtlbench.config import build_dataclass
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
@@ -60,60 +58,9 @@ class ToyTask(Task):
         return ((pred.float() - target.float()) ** 2).mean()
 
 
-class LinearEncoder(Encoder):
-    """z = W2 (W1 x): linear, so every gradient is a hand-checkable product; with
-    ``tasks``, MTAN-like task-specific gates on z (then ``Features.final`` is a dict)."""
-
-    num_layers = 1
-
-    def __init__(self, c: int = 4, tasks=()):
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 1)
-        self.shared = nn.Conv2d(c, c, 1)
-        self.gates = nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks})
-        self.layer_channels = [c]
-        self.out_channels = c
-
-    def begin(self, x):
-        return self.stem(x)
-
-    def layer(self, i, state):
-        return self.shared(state)
-
-    def layer_feature(self, state):
-        return state
-
-    def end(self, state):
-        if not self.gates:
-            return state
-        return {t: g(state) for t, g in self.gates.items()}
-
-    def shared_parameters(self):
-        return [*self.stem.parameters(), *self.shared.parameters()]
-
-
-class ToyHead(nn.Module):
-    def __init__(self, c: int, out: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, out, 1)
-
-    def forward(self, feat, size):
-        return F.interpolate(self.conv(feat), size=tuple(size), mode="nearest")
-
-
-@dataclass
-class ToyConfig:
-    per_task: bool = False
-
-
-class ToyFactory(BackboneFactory):
-    Config = ToyConfig
-
-    def encoder(self, tasks):
-        return LinearEncoder(tasks=tasks if self.cfg.per_task else ())
-
-    def head(self, task):
-        return ToyHead(4, task.channels)
+# the backbone: tests/conftest.py's convolutional toy, linear (z = W2 (W1 x); with per-task
+# gates, Features.final is a dict as in MTAN), so every gradient is a hand-checkable product
+from conftest import ConvToyBackbone, ConvToyConfig  # noqa: E402
 
 
 def toy_tasks():
@@ -124,7 +71,8 @@ def make(method: str, seed: int = 0, per_task: bool = False, tasks=None, **cfg):
     torch.manual_seed(seed)
     cls = METHODS.get(method)
     tasks = tasks or toy_tasks()
-    return cls(build_dataclass(cls.Config, cfg, "method", {}), tasks, ToyFactory(ToyConfig(per_task), tasks))
+    return cls(build_dataclass(cls.Config, cfg, "method", {}), tasks,
+               ConvToyBackbone(ConvToyConfig(channels=4, per_task=per_task, linear=True), tasks))
 
 
 def toy_batch(b=2, h=3, w=4, seed=0):

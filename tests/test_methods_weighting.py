@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtlbench.api import BackboneFactory, Encoder
 from mtlbench.config import build_dataclass
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
@@ -31,72 +28,18 @@ def _one_thread():
 
 
 # ---------------------------------------------------------------------------
-# a tiny backbone: shared 1x1 convs, one 1x1-conv head per task
+# the backbone: tests/conftest.py's convolutional toy (shared 1x1 convs, 1x1-conv heads)
 # ---------------------------------------------------------------------------
 
-class TinyEncoder(Encoder):
-    """Shared 1x1 convs; with ``tasks``, MTAN-like task-specific gates on the final features."""
-
-    num_layers = 1
-
-    def __init__(self, c: int = 8, tasks=()):
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 1)
-        self.shared = nn.Conv2d(c, c, 1)
-        self.gates = nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks})
-        self.layer_channels = [c]
-        self.out_channels = c
-
-    def begin(self, x):
-        return torch.tanh(self.stem(x))
-
-    def layer(self, i, state):
-        return self.shared(state)
-
-    def layer_feature(self, state):
-        return state
-
-    def end(self, state):
-        if not self.gates:
-            return state
-        return {t: state * torch.sigmoid(g(state)) for t, g in self.gates.items()}
-
-    def shared_parameters(self):
-        return [*self.stem.parameters(), *self.shared.parameters()]
-
-    def last_shared_parameters(self):
-        return [self.shared.weight, self.shared.bias]
-
-
-class TinyHead(nn.Module):
-    def __init__(self, c: int, out: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, out, 1)
-
-    def forward(self, feat, size):
-        return F.interpolate(self.conv(feat), size=tuple(size), mode="nearest")
-
-
-@dataclass
-class TinyConfig:
-    per_task: bool = False  # task-specific final features (a dict), as MTAN's
-
-
-class TinyFactory(BackboneFactory):
-    Config = TinyConfig
-
-    def encoder(self, tasks):
-        return TinyEncoder(tasks=tasks if self.cfg.per_task else ())
-
-    def head(self, task):
-        return TinyHead(8, task.channels)
+from conftest import ConvEncoder as TinyEncoder  # noqa: E402
+from conftest import ConvToyBackbone, ConvToyConfig  # noqa: E402
 
 
 def make(method: str, tasks: dict, seed: int = 0, per_task: bool = False, **cfg):
     torch.manual_seed(seed)
     cls = METHODS.get(method)
     return cls(build_dataclass(cls.Config, cfg, "method", {}), tasks,
-               TinyFactory(TinyConfig(per_task), tasks))
+               ConvToyBackbone(ConvToyConfig(per_task=per_task), tasks))
 
 
 def nyu_tasks():

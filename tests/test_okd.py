@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtlbench.api import BackboneFactory, Encoder, TrainContext
+from mtlbench.api import TrainContext
 from mtlbench.cli import main
 from mtlbench.config import resolve
 from mtlbench.errors import UserError
@@ -38,47 +37,11 @@ SMALL = ["train.device=cpu", "train.batch_size=2", "train.max_steps_per_epoch=1"
 
 
 # ---------------------------------------------------------------------------
-# a tiny backbone for the formula and gradient tests
+# the backbone of the formula and gradient tests: tests/conftest.py's convolutional
+# toy with three layers (features AFD can distil), milliseconds per step
 # ---------------------------------------------------------------------------
 
-class TinyEncoder(Encoder):
-    num_layers = 3
-
-    def __init__(self):
-        super().__init__()
-        self.layer_channels = [4, 4, 4]
-        self.out_channels = 4
-        self.convs = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
-                                    nn.Conv2d(4, 4, 3, padding=1)])
-
-    def begin(self, x):
-        return x
-
-    def layer(self, i, state):
-        return torch.tanh(self.convs[i](state))
-
-    def layer_feature(self, state):
-        return state
-
-    def end(self, state):
-        return state
-
-
-class TinyHead(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(4, channels, 1)
-
-    def forward(self, feat, size):
-        return F.interpolate(self.conv(feat), size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class TinyFactory(BackboneFactory):
-    def encoder(self, tasks):
-        return TinyEncoder()
-
-    def head(self, task):
-        return TinyHead(task.channels)
+from conftest import ConvToyBackbone, ConvToyConfig  # noqa: E402
 
 
 def _tasks():
@@ -91,7 +54,7 @@ def _okd(**kw) -> OKD:
     kw.setdefault("profile", "text")  # most formula tests are the text's; the script's have their own
     cfg = OKDConfig(**kw)
     cfg.validate()
-    return OKD(cfg, tasks, TinyFactory(None, tasks))
+    return OKD(cfg, tasks, ConvToyBackbone(ConvToyConfig(channels=4, n_layers=3, head_mode="bilinear"), tasks))
 
 
 def _batch(b=2, h=8, w=12, seed=0):
