@@ -518,7 +518,8 @@ def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
         method.load_extra_state(resume_state.get("method_extra", {}))
         history = {"epochs": resume_state["history"]["epochs"]}
         train_time = resume_state.get("train_time", 0.0)
-        wall_before = resume_state.get("wall_time", 0.0)
+        # a checkpoint from before wall time was kept: its training time is a lower bound
+        wall_before = resume_state.get("wall_time", train_time)
         images_seen = resume_state.get("images_seen", 0)
         steps_size = resume_state.get("steps_size", 0)
         _set_rng_state(resume_state["rng"])
