@@ -40,6 +40,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the toy models are so small that intra-op threads only
+    add overhead on a shared CPU (30x measured); use with ``pytestmark = usefixtures``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _synthetic_cache(tmp_path_factory):
     """Keep generated synthetic data out of the user's cache, shared across the session."""

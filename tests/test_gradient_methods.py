@@ -30,12 +30,7 @@ SOLVERS = {"cagrad": ("cvxpy", "clarabel"), "nash_mtl": ("cvxpy", "ecos"),
            "upgrad": ("quadprog", "qpsolvers"), "dualproj": ("quadprog", "qpsolvers")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def need_solvers(method: str) -> None:

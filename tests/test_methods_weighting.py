@@ -18,13 +18,7 @@ from mtlbench.registry import METHODS
 from mtlbench.tasks import Depth, Normal, SemSeg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: on a shared CPU, intra-op threads only add overhead (30x here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------
