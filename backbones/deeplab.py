@@ -167,6 +167,9 @@ class _ResNetEncoderBase(Encoder):
         """ResNet stage ``layer{i}`` (i = 1..4)."""
         return getattr(self.resnet, f"layer{i}")
 
+    def compile_units(self):
+        return [block for i in range(1, 5) for block in self._stage(i)]
+
     def last_shared_parameters(self):
         # layer4's last conv: the last weight every task's path goes through
         # (in MTAN too, the masks multiply its output), GradNorm's W.
@@ -249,6 +252,9 @@ class MTANEncoder(_ResNetEncoderBase):
     @property
     def task_names(self) -> list[str]:
         return list(self.attention)
+
+    def compile_units(self):
+        return [*super().compile_units(), *self.transfer, *(a for atts in self.attention.values() for a in atts)]
 
     def shared_parameters(self):
         # The attention modules are task-specific; everything else is shared.

@@ -104,10 +104,38 @@ class ViTEncoder(Encoder):
     def end(self, state):
         return self._to_map(self.vit.norm(state))
 
+    def compile_units(self):
+        return [self.vit.patch_embed, *self.vit.blocks]
+
     def last_shared_parameters(self):
         # The last block's MLP output projection: the last shared weight matrix
         # before the final LayerNorm (GradNorm's W).
         return [self.vit.blocks[-1].mlp.fc2.weight]
+
+
+def _attention_kernel_for_precision(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of timm's ``Attention``: under bf16 autocast on a CPU, the explicit
+    products (``q @ k^T``, softmax, ``@ v``) instead of the fused SDPA kernel.
+
+    Measured on the 2-core EPYC (avx512_bf16): the fused kernel's bf16 forward + backward took
+    1.5-4.4x the explicit path's time at ViT-tiny's shapes, and in a quick baseline step its bf16
+    backward alone cost 0.19 s of 0.72 s (fp32: 0.05 s); see docs/BENCHMARKS.md (throughput).
+    fp32 and CUDA keep the fused kernel (and timm's own choice, ``fused_attn``, stays the default).
+    """
+    x = args[0]
+    slow_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    module.fused_attn = module.mtlbench_fused_default and not slow_bf16
+
+
+def precision_aware_attention(model: nn.Module) -> nn.Module:
+    """Install :func:`_attention_kernel_for_precision` on every timm ``Attention`` of ``model``."""
+    from timm.layers import Attention
+
+    for m in model.modules():
+        if isinstance(m, Attention) and not hasattr(m, "mtlbench_fused_default"):
+            m.mtlbench_fused_default = bool(m.fused_attn)
+            m.register_forward_pre_hook(_attention_kernel_for_precision)
+    return model
 
 
 class MaskTransformerHead(nn.Module):
@@ -130,6 +158,7 @@ class MaskTransformerHead(nn.Module):
         self.blocks = nn.ModuleList(
             [Block(d, num_heads=max(1, d // 64), mlp_ratio=4.0, qkv_bias=True,
                    proj_drop=dropout) for _ in range(n_layers)])
+        precision_aware_attention(self.blocks)
         self.norm = nn.LayerNorm(d)
         self.proj_patch = nn.Parameter(d ** -0.5 * torch.randn(d, d))
         self.proj_query = nn.Parameter(d ** -0.5 * torch.randn(d, d))
@@ -199,7 +228,7 @@ class ViTTiny(BackboneFactory):
     size_multiple = 16
 
     def encoder(self, tasks):
-        enc = ViTEncoder(_create_vit(self.cfg), self.cfg.normalize)
+        enc = ViTEncoder(precision_aware_attention(_create_vit(self.cfg)), self.cfg.normalize)
         self._embed_dim = enc.out_channels
         return enc
 

@@ -158,6 +158,17 @@ class Encoder(nn.Module):
                 layers.append(self.layer_feature(state))
         return Features(layers, self.end(state))
 
+    def compile_units(self) -> list[nn.Module]:
+        """The submodules ``train.compile`` compiles one by one (``nn.Module.compile``).
+
+        Each must be *called* as a module in ``begin``/``layer``/``end`` (its
+        ``__call__`` is what gets compiled), so whole-encoder ``forward`` is no
+        use for encoders run layer by layer.  Default: none, the encoder runs
+        eagerly (the heads are still compiled).  Repeated blocks of one class
+        share their compiled code.
+        """
+        return []
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters shared by every task (all of the encoder's by default)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -417,6 +428,18 @@ class Method(nn.Module):
         spike in one does not shrink the others' steps.
         """
         return [spec.parameters() for spec in self.optimizers()]
+
+    def compile_modules(self) -> list[nn.Module]:
+        """The modules ``train.compile`` compiles: every encoder's ``compile_units`` and every
+        :class:`MultiTaskNet`'s heads.  Override to compile something else (a method's own
+        modules); the state dict is unchanged either way (``nn.Module.compile`` is in place)."""
+        units: dict[int, nn.Module] = {}
+        for m in self.modules():
+            if isinstance(m, Encoder):
+                units.update((id(u), u) for u in m.compile_units())
+            elif isinstance(m, MultiTaskNet):
+                units.update((id(h), h) for h in m.heads.values())
+        return list(units.values())
 
     def leading_epochs(self, epochs: int) -> int:
         """Epochs the method trains before the run's ``epochs``-epoch schedule (default 0).

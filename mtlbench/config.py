@@ -70,7 +70,7 @@ TOP_LEVEL_KEYS = ("seed", "preset", "method", "backbone", "dataset", "train")
 
 #: keys that do not change what a run computes; left out of the config hash so a
 #: run keeps its identity across machines (device, worker count, data location)
-RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress")
+RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress", "train.compile")
 
 
 # ---------------------------------------------------------------------------
@@ -259,6 +259,8 @@ class TrainConfig:
     # clip the gradient norm (off in the paper)
     grad_clip: float | None = option(None, gt=0, example=1.0)
     threads: int | None = option(None, ge=1, example=2)  # torch CPU threads (None: torch's default)
+    # torch.compile the networks' blocks and heads (Method.compile_modules); a runtime choice, like the device
+    compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
 
 

@@ -163,6 +163,11 @@ def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
     method.to(device)
     if cl:
         method.to(memory_format=torch.channels_last)
+    if tcfg.compile:
+        # Heads differ in shape and run in train and eval mode: more variants than dynamo's default 8.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for module in method.compile_modules():
+            module.compile()
     return Setup(cfg, dataset, tasks, method, device, amp, bool(cl), **splits)
 
 
@@ -740,7 +745,8 @@ def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_see
                    "inference_ms_per_image": round(latency, 3)},
         "memory": peak_memory_mb(s.device),
         "device": {"type": s.device.type, "name": dev_name, "amp": s.amp,
-                   "channels_last": s.channels_last, "threads": torch.get_num_threads()},
+                   "channels_last": s.channels_last, "threads": torch.get_num_threads(),
+                   "compile": bool(cfg.train.compile)},
         "versions": {"mtlbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
         "git_commit": source_commit(),

@@ -1,0 +1,160 @@
+"""Throughput options: bf16 against fp32 predictions, ``train.compile``, and the throughput benchmark's smoke mode."""
+from __future__ import annotations
+
+import json
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mtlbench.config import resolve
+from mtlbench.trainer import autocast_ctx, build, evaluate, train, TrainOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _smoke(backbone: str = "vit_tiny", *sets: str):
+    return resolve(preset="smoke", flags=[("method.name", "baseline", "--method"),
+                                          ("backbone.name", backbone, "--backbone"),
+                                          ("train.device", "cpu", "--device")], sets=list(sets))
+
+
+def _fixed_batch(s, n: int = 4) -> dict:
+    return next(iter(DataLoader(s.val_set, batch_size=n, shuffle=False)))
+
+
+@pytest.mark.parametrize("backbone", ["vit_tiny"])
+def test_bf16_and_fp32_give_the_same_predictions_within_tolerance(backbone, one_thread):
+    torch.manual_seed(0)
+    s = build(_smoke(backbone, "train.amp=fp32"))
+    net = s.method.deployable().eval()
+    batch = _fixed_batch(s)
+    with torch.no_grad():
+        ref = net(batch["image"])
+        with autocast_ctx(s.device, "bf16"):
+            low = net(batch["image"])
+    assert set(ref) == set(low) == {"semseg", "depth", "normal"}
+    for task in ref:
+        a, b = ref[task].float(), low[task].float()
+        assert b.dtype == torch.float32 and a.shape == b.shape
+        rel = (a - b).norm() / a.norm()
+        assert rel < 0.05, f"{task}: bf16 differs from fp32 by {rel:.3f} (relative L2)"
+    agree = (ref["semseg"].argmax(1) == low["semseg"].argmax(1)).float().mean()
+    assert agree > 0.9, f"bf16 changes {100 * (1 - agree):.1f}% of the segmentation labels"
+    # and the metrics of the two precisions agree too (what a table would show)
+    m32 = evaluate(net, s.tasks, [batch], s.device, "fp32")
+    m16 = evaluate(net, s.tasks, [batch], s.device, "bf16")
+    assert m32["depth"]["abs_err"] == pytest.approx(m16["depth"]["abs_err"], rel=0.05)
+    assert m32["semseg"]["miou"] == pytest.approx(m16["semseg"]["miou"], abs=0.05)
+
+
+def test_compile_is_a_runtime_option_outside_the_config_hash():
+    a, b = _smoke(), _smoke("vit_tiny", "train.compile=true")
+    assert b.train.compile is True and a.train.compile is False
+    assert a.hash == b.hash
+
+
+@pytest.mark.parametrize("backbone,units", [("vit_tiny", 1 + 12), ("deeplabv3", 3 + 4 + 6 + 3)])
+def test_compile_wraps_the_encoder_blocks_and_the_heads_in_place(backbone, units):
+    if backbone == "deeplabv3":
+        sets = ("dataset.image_size=[32,32]",)
+    else:
+        sets = ()
+    plain = build(_smoke(backbone, *sets))
+    s = build(_smoke(backbone, "train.compile=true", *sets))
+    mods = s.method.compile_modules()
+    assert len(mods) == units + len(s.tasks)  # the encoder's units and one head per task
+    assert all(m._compiled_call_impl is not None for m in mods)
+    assert all(m._compiled_call_impl is None for m in plain.method.compile_modules())
+    # in place: the state dict (checkpoints, records) does not change
+    assert list(s.method.state_dict()) == list(plain.method.state_dict())
+
+
+def test_mtan_compiles_its_attention_and_transfer_modules_too():
+    s = build(_smoke("deeplabv3_mtan", "dataset.image_size=[32,32]"))
+    enc = s.method.net.encoder if hasattr(s.method, "net") else None
+    units = [m for m in s.method.compile_modules()]
+    n_tasks = len(s.tasks)
+    # 16 bottlenecks, 3 transfer blocks, 4 attention modules per task, one head per task
+    assert len(units) == 16 + 3 + 4 * n_tasks + n_tasks, (enc, len(units))
+
+
+@pytest.mark.slow
+def test_compile_trains_a_smoke_run_to_the_eager_runs_metrics(tmp_path, one_thread):
+    eager = train(_smoke("vit_tiny", "train.epochs=1"), TrainOptions(out=tmp_path / "eager", quiet=True))
+    comp = train(_smoke("vit_tiny", "train.epochs=1", "train.compile=true"),
+                 TrainOptions(out=tmp_path / "compiled", quiet=True))
+    assert comp["device"]["compile"] is True and eager["device"]["compile"] is False
+    for task, metrics in eager["metrics"].items():
+        for k, v in metrics.items():
+            assert comp["metrics"][task][k] == pytest.approx(v, rel=0.02, abs=1e-3), (task, k)
+
+
+def test_throughput_benchmark_smoke_mode_prints_flops_and_ceilings(capsys):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "bench_throughput.py"))
+    assert mod["main"](["--smoke", "--threads", "1", "--methods", "baseline,uw", "--modes", "fp32,bf16"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"matmul ceilings .*fp32 \d+, bf16 \d+", text), text
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("baseline", "uw") and len(parts) == 14:
+            rows[(parts[0], parts[1])] = parts
+    assert set(rows) == {("baseline", "fp32"), ("baseline", "bf16"), ("uw", "fp32"), ("uw", "bf16")}
+    for parts in rows.values():
+        gflop, s_step, gflops = float(parts[2]), float(parts[3]), float(parts[4])
+        assert gflop > 0 and s_step > 0 and gflops == pytest.approx(gflop / s_step, rel=0.05, abs=0.1)
+    # the same step in either precision has nearly the same FLOPs (under CPU bf16 the ViT's attention
+    # runs as explicit products, whose backward the counter counts as 4 products, not SDPA's 5)
+    assert float(rows[("baseline", "bf16")][2]) == pytest.approx(float(rows[("baseline", "fp32")][2]), rel=0.05)
+    # uw adds no matrix products
+    assert float(rows[("uw", "fp32")][12]) == pytest.approx(1.0, abs=0.01)  # flop x against baseline
+    assert "data" in text and "evaluation" in text
+
+
+def test_throughput_counts_attention_flops():
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "bench_throughput.py"))
+    q = torch.randn(2, 3, 10, 8, requires_grad=True)
+
+    def attend():
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+    total, per_op = mod["count_flops"](attend)
+    # forward: QK^T and PV, 2 products of 2*B*H*L*L*D; backward: QK^T again, dV, dP, dQ, dK
+    product = 2 * 2 * 3 * 10 * 10 * 8
+    assert per_op["_scaled_dot_product_flash_attention_for_cpu"] == 2 * product
+    assert per_op["_scaled_dot_product_flash_attention_for_cpu_backward"] == 5 * product
+    assert total == 7 * product
+
+
+def test_matmul_shape_recorder_sees_the_products():
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "bench_throughput.py"))
+    rec = mod["MatmulShapes"]()
+    a, b = torch.randn(5, 7), torch.randn(7, 3)
+    with rec:
+        torch.mm(a, b)
+        torch.nn.functional.linear(a, torch.randn(4, 7), torch.randn(4))
+    assert rec.flops[(5, 7, 3, "float32")] == 2 * 5 * 7 * 3
+    assert rec.flops[(5, 7, 4, "float32")] == 2 * 5 * 7 * 4
+    assert mod["classify"]("aten::to") == "cast" and mod["classify"]("aten::addmm") == "matmul"
+    assert mod["classify"]("aten::native_layer_norm") == "norm"
+
+
+def test_vit_attention_takes_the_explicit_path_only_under_cpu_bf16(one_thread):
+    from timm.layers import Attention
+
+    s = build(_smoke("vit_tiny", "train.amp=fp32"))
+    net = s.method.deployable().eval()
+    attns = [m for m in net.modules() if isinstance(m, Attention)]
+    assert len(attns) == 12 + 2 * len(s.tasks)  # the encoder's blocks and each head's two layers
+    x = _fixed_batch(s)["image"]
+    with torch.no_grad():
+        net(x)
+        assert all(a.fused_attn for a in attns)
+        with autocast_ctx(s.device, "bf16"):
+            net(x)
+        assert not any(a.fused_attn for a in attns)
+        net(x)
+        assert all(a.fused_attn for a in attns)
