@@ -293,7 +293,7 @@ def classify(name: str) -> str:
     return "other"
 
 
-def profile_classes(r: Runner, steps: int) -> tuple[dict[str, float], float]:
+def profile_classes(r: Runner, steps: int, top: int = 0) -> tuple[dict[str, float], float]:
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if r.s.device.type == "cuda" else [])
     r.sync()
@@ -304,8 +304,14 @@ def profile_classes(r: Runner, steps: int) -> tuple[dict[str, float], float]:
         r.sync()
     wall = (time.perf_counter() - t0) / steps
     out: dict[str, float] = defaultdict(float)
-    for ev in prof.key_averages():
+    events = prof.key_averages()
+    for ev in events:
         out[classify(ev.key)] += ev.self_cpu_time_total / 1e6 / steps
+    if top:
+        print(f"  {r.name} {r.mode}: top {top} operators by self time (s per step, calls per step)")
+        for ev in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+            print(f"    {ev.key[:58]:58} {classify(ev.key):11} {ev.self_cpu_time_total / 1e6 / steps:7.3f} "
+                  f"{ev.count // steps:6d}")
     return dict(out), wall
 
 
@@ -370,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=4, help="distinct real batches cycled through")
     p.add_argument("--ceiling-seconds", type=float, default=0.3, help="time spent per measured matmul shape")
     p.add_argument("--profile", default=None, metavar="METHOD", help="profile this method's step per mode")
+    p.add_argument("--profile-top", type=int, default=12, help="with --profile: list the N costliest operators")
     p.add_argument("--split", action="store_true", help="measure 1 x all threads against cores x 1 thread")
     p.add_argument("--split-method", default="baseline")
     p.add_argument("--split-steps", type=int, default=12)
@@ -394,8 +401,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runners = [Runner(m, mode, args) for m in methods for mode in args.modes]
     flops, per_op, shapes = {}, {}, {}
+    first: dict[Runner, float] = {}
     for r in runners:
-        for _ in range(args.warmup):
+        t0 = time.perf_counter()
+        r.step()  # the first step: compiling (+compile), oneDNN's kernel choices
+        first[r] = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
             r.step()
         with r.counting_mode():
             flops[r], per_op[r] = count_flops(r.step)
@@ -440,6 +451,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{ph.get('other', 0):6.3f} {speed:6.2f} {fx:6.2f} {tx:6.2f}")
     print(f"(flop x, time x: against {methods[0]} in the same mode; time x / flop x is the time per FLOP "
           f"against {methods[0]}'s. fwd/bwd/opt/other: median seconds per step.)")
+    eager = {(r.name, r.amp): r for r in runners if "+" not in r.mode}
+    for r in runners:
+        if "+compile" in r.mode and (r.name, r.amp) in eager:
+            e = eager[(r.name, r.amp)]
+            t_c, t_e = statistics.median(r.times), statistics.median(e.times)
+            over = first[r] - t_c
+            gain = t_e - t_c
+            be = f"pays off after {over / gain:.0f} steps" if gain > 0 else "never pays off (no faster per step)"
+            print(f"{r.name} {r.mode}: first step {first[r]:.1f} s (eager {first[e]:.1f} s), then {t_c:.3f} s "
+                  f"against eager {t_e:.3f} s: compiling {be}")
 
     # data and evaluation, per training image and as a share of an epoch of the preset
     tc = cfg.train
@@ -460,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         if not prof_runners:
             raise SystemExit(f"--profile {args.profile}: not among --methods {args.methods}")
         print(f"\nself time per operator class, {args.profile}, seconds per step (torch.profiler):")
-        table = {r.mode: profile_classes(r, max(args.steps, 1)) for r in prof_runners}
+        table = {r.mode: profile_classes(r, max(args.steps, 1), args.profile_top) for r in prof_runners}
         classes = sorted({c for d, _ in table.values() for c in d}, key=lambda c: -max(
             d.get(c, 0) for d, _ in table.values()))
         print(f"{'class':12} " + " ".join(f"{m:>8}" for m in table))
