@@ -167,3 +167,31 @@ def test_vit_attention_takes_the_explicit_path_only_under_cpu_bf16(one_thread):
         assert not any(a.fused_attn for a in attns)
         net(x)
         assert all(a.fused_attn for a in attns)
+
+
+def _precision_record(out: Path, seed: int, amp: str, miou: float) -> None:
+    cfg = resolve(preset="quick", flags=[("method.name", "baseline", "--method"), ("seed", seed, "--seed")],
+                  sets=[f"train.amp={amp}"])
+    rec = {"config": cfg.data, "preset": "quick", "seed": seed,
+           "tasks": {"semseg": {"metrics": {"miou": "higher", "pacc": "higher"}},
+                     "depth": {"metrics": {"abs_err": "lower", "rel_err": "lower"}}},
+           "metrics": {"semseg": {"miou": miou, "pacc": 80.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}},
+           "device": {"amp": amp}, "timing": {"train_s": 100.0}}
+    d = out / "runs" / "synthetic" / "vit_tiny" / "baseline"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"seed{seed}-{amp}.json").write_text(json.dumps(rec))
+
+
+def test_precision_check_pairs_seeds_and_gives_the_interval(tmp_path, capsys):
+    # bf16's mIoU is fp32's times (1 + x): Δ = 100 * x / (2 tasks * 2 metrics) = 0.5, 1.0, 1.5
+    for seed, x in enumerate([0.02, 0.04, 0.06]):
+        _precision_record(tmp_path, seed, "fp32", 30.0)
+        _precision_record(tmp_path, seed, "bf16", 30.0 * (1 + x))
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "precision_check.py"))
+    assert mod["main"](["--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "per seed: 0: +0.50, 1: +1.00, 2: +1.50" in text
+    # mean 1.0, sd 0.5, half-width t(0.975, 2) * 0.5 / sqrt(3) = 4.3027 * 0.28868 = 1.2421
+    assert "mean +1.00 ± 1.24 (95% CI [-0.24, +2.24], 3 seeds) -> no significant difference" in text
+    with pytest.raises(SystemExit, match="no setting of baseline"):
+        mod["main"](["--out", str(tmp_path), "--a", "fp16"])
