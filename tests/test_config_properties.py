@@ -212,5 +212,5 @@ def test_every_plugin_default_passes_its_own_declaration(kind, registry):
 def test_every_train_option_declares_its_range_or_choices():
     undeclared = {n for n, f in TRAIN_FIELDS.items() if option_check(f) is None}
     # device: a torch device string, checked when the trainer builds (it depends on the machine);
-    # channels_last: a bool or null, which the type says in full.
-    assert undeclared == {"device", "channels_last"}
+    # channels_last (a bool or null) and compile (a bool): the type says it in full.
+    assert undeclared == {"device", "channels_last", "compile"}
