@@ -102,7 +102,7 @@ def test_compile_trains_a_smoke_run_and_predicts_as_eager(tmp_path, one_thread):
         torch.testing.assert_close(b[task], a[task], rtol=1e-4, atol=1e-4)
 
 
-def test_throughput_benchmark_smoke_mode_prints_flops_and_ceilings(capsys):
+def test_throughput_benchmark_smoke_mode_prints_flops_and_ceilings(capsys, one_thread):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "bench_throughput.py"))
     assert mod["main"](["--smoke", "--threads", "1", "--methods", "baseline,uw", "--modes", "fp32,bf16"]) == 0
     text = capsys.readouterr().out
