@@ -117,7 +117,7 @@ def _attention_kernel_for_precision(module: nn.Module, args: tuple) -> None:
     """Forward pre-hook of timm's ``Attention``: under bf16 autocast on a CPU, the explicit
     products (``q @ k^T``, softmax, ``@ v``) instead of the fused SDPA kernel.
 
-    Measured on the 2-core EPYC (avx512_bf16): the fused kernel's bf16 forward + backward took
+    Measured on the 2-vCPU development VM (lscpu: Intel Xeon, avx512_bf16 and amx_bf16): the fused kernel's bf16 forward + backward took
     1.5-4.4x the explicit path's time at ViT-tiny's shapes, and in a quick baseline step its bf16
     backward alone cost 0.19 s of 0.72 s (fp32: 0.05 s); see docs/BENCHMARKS.md (throughput).
     fp32 and CUDA keep the fused kernel (and timm's own choice, ``fused_attn``, stays the default).

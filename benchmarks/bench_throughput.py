@@ -253,9 +253,7 @@ class Runner:
         t0 = time.perf_counter()
         for model in self.s.method.eval_models().values():  # as the trainer evaluates at an epoch's end
             evaluate(model, self.s.tasks, batches, self.s.device, self.s.amp, self.s.channels_last)
-        dt = time.perf_counter() - t0
-        self.s.method.train()
-        return dt / max(images, 1)
+        return (time.perf_counter() - t0) / max(images, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -400,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     runners = [Runner(m, mode, args) for m in methods for mode in args.modes]
-    flops, per_op, shapes = {}, {}, {}
+    flops, shapes = {}, {}
     first: dict[Runner, float] = {}
     for r in runners:
         t0 = time.perf_counter()
@@ -409,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.warmup - 1):
             r.step()
         with r.counting_mode():
-            flops[r], per_op[r] = count_flops(r.step)
+            flops[r], _ = count_flops(r.step)
             rec = MatmulShapes()
             with rec:
                 r.step()
