@@ -370,6 +370,48 @@ def test_neutral_options_read_the_config_declaration(monkeypatch):
     assert not options_match({"name": "tmp_neutral", "b": "x"}, "tmp_neutral", {})  # a missing: stale
 
 
+def test_records_with_other_train_settings_serve_no_row():
+    """A quick-preset record trained in bf16 or for fewer epochs is not a run of the preset: it must
+    not stand in for the row (the bf16 baseline records were once taken as the fp32 Baseline row)."""
+    from mtlbench.tables.plan import JobBuilder, setting_differences
+
+    spec = load_spec(2)
+    setting = choose_setting(spec, preset="smoke", out="/nonexistent")
+    preset_train = JobBuilder(setting).resolve("baseline", {}, "vit_tiny", 0).data["train"]
+    assert preset_train["amp"] == "auto"
+
+    def with_train(rec, **train):
+        rec["config"]["train"] = {**preset_train, **train}
+        return rec
+
+    records = [
+        with_train(_rec("baseline", 0, _m(40.0, 80.0, 0.5, 0.2))),
+        with_train(_rec("baseline", 1, _m(44.0, 80.0, 0.7, 0.2))),
+        # newer than the fp32 records: the old matcher took these as the row
+        with_train(_rec("baseline", 0, _m(10.0, 10.0, 5.0, 2.0), created="2025-01-01"), amp="bf16"),
+        with_train(_rec("baseline", 1, _m(10.0, 10.0, 5.0, 2.0), created="2025-01-01"),
+                   epochs=preset_train["epochs"] + 1),
+        # a runtime key (the device) differs: the same run
+        with_train(_rec("okd", 0, _m(45.0, 84.0, 0.5, 0.15)), device="cpu"),
+        # a record from other code, with a train key this code lacks and without one it has: not compared
+        _rec("okd", 1, _m(47.0, 84.0, 0.4, 0.17)),
+    ]
+    records[-1]["config"]["train"] = {k: v for k, v in preset_train.items() if k != "grad_clip"}
+    records[-1]["config"]["train"]["some_future_key"] = 3
+    bt = build_table(spec, setting, records=records)
+    base = bt.cell(spec.row("baseline"), "vit_tiny")
+    assert base.seeds == [0, 1] and base.mean["semseg"]["miou"] == pytest.approx(42.0)
+    assert bt.cell(spec.row("okd"), "vit_tiny").seeds == [0, 1]
+    note = next(n for n in bt.notes if n.startswith("2 baseline records of this setting differ"))
+    assert "train.amp, train.epochs" in note and "they serve no row" in note
+    assert not any("records match" in n for n in bt.notes)  # no row had two candidates left
+    # the comparison itself: tuples and lists alike, ints and floats alike, runtime keys ignored
+    cfg = {"train": {"lr": 1, "amp": "auto", "device": "cuda"}, "dataset": {"image_size": [96, 128]}}
+    exp = {"train": {"lr": 1.0, "amp": "auto", "device": "cpu"}, "dataset": {"image_size": (96, 128)}}
+    assert setting_differences(cfg, exp) == []
+    assert setting_differences({**cfg, "train": {"lr": 2}}, exp) == ["train.lr=2 (the preset: 1.0)"]
+
+
 def test_fixture_rows_match_their_records():
     index = RecordIndex.from_dir(FIXTURES / "results")
     assert index.problems == []

@@ -339,6 +339,13 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
                      f"the option{'s' if len(opts) > 1 else ''} {', '.join(opts)} (added to {method} since, "
                      f"not declared backward compatible): they serve no row; the missing runs below "
                      f"train them again.")
+    for method, recs in index.variants.items():
+        n = len(recs)
+        settings = sorted({d.split("=")[0] for diffs in recs.values() for d in diffs})
+        example_id, example = next(iter(recs.items()))
+        notes.append(f"{n} {method} record{'s' if n > 1 else ''} of this setting differ{'' if n > 1 else 's'} "
+                     f"from the preset in {', '.join(settings)} (e.g. {example_id}: {'; '.join(example)}): "
+                     f"not runs of this preset, they serve no row.")
     for err, labels in undefined.items():
         notes.append(f"Δ is undefined for {', '.join(labels)} on {err} "
                      f"(too short a training run? e.g. --preset quick trains longer than smoke)")

@@ -18,10 +18,15 @@ paper's numbers are for NYUv2/Cityscapes and are shown for reference only.
 
 Matching.  A record serves a row when its method, backbone, dataset, preset,
 seed and the setting's dataset options are the table's, and its method options
-are the row's (:func:`mtlbench.tables.options.options_match`).  Several
-records for one row and seed (e.g. the same preset with a changed
-``--epochs``): the newest is used, and a note says so.  Records that cannot
-be read are reported with their path and what is wrong
+are the row's (:func:`mtlbench.tables.options.options_match`), and its other
+settings (the ``train``, ``backbone`` and ``dataset`` sections, runtime keys
+aside) are the preset's: a run trained with ``--epochs 2`` or ``--set
+train.amp=bf16`` is not a quick-preset run and serves no row
+(:attr:`RecordIndex.variants` names them and the settings that differ; a key
+only one side has, from a record older or newer than this code, is not
+compared).  Several records for one row and seed (e.g. two runs of the same
+config by different code versions): the newest is used, and a note says so.
+Records that cannot be read are reported with their path and what is wrong
 (:attr:`RecordIndex.problems`), never skipped silently.
 
 Plan.  Every (row, backbone, seed) and the Δ reference is one :class:`Job`
@@ -33,6 +38,7 @@ ordered so that a run comes after the runs it loads (``Method.requires``:
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +144,8 @@ class RecordIndex:
     """Records grouped by (method, backbone, dataset, preset) for matching rows.
 
     ``problems``: the files under ``runs/`` that could not be read (path and why).
+    ``variants``: method -> {record id: the settings in which it differs from the
+    preset}, among the records matched against (they serve no row).
     """
 
     def __init__(self, records: Iterable[dict], problems: Iterable[BadRecord] = ()):
@@ -145,6 +153,8 @@ class RecordIndex:
         self.problems = list(problems)
         #: method -> (records that predate options of it, those options), among the records matched against
         self.stale: dict[str, tuple[list[dict], list[str]]] = {}
+        self.variants: dict[str, dict[str, list[str]]] = {}
+        self._expected: dict[tuple, dict | None] = {}
         for rec in records:
             key = (rec.get("method"), rec.get("backbone"), rec.get("dataset"), rec.get("preset"))
             self.by_key.setdefault(key, []).append(rec)
@@ -173,10 +183,61 @@ class RecordIndex:
                         recs.append(rec)
                         keys.extend(k for k in old if k not in keys)
                 continue
-            found.setdefault(int(rec.get("seed", cfg.get("seed", 0))), []).append(rec)
+            seed = int(rec.get("seed", cfg.get("seed", 0)))
+            expected = self._expected_config(method, overrides, backbone, setting, seed)
+            diffs = setting_differences(cfg, expected) if expected is not None else []
+            if diffs:
+                rid = str(rec.get("id") or rec.get("_path") or f"{method} seed {seed}")
+                self.variants.setdefault(method, {})[rid] = diffs
+                continue
+            found.setdefault(seed, []).append(rec)
         for recs in found.values():
             recs.sort(key=lambda r: r.get("created", ""), reverse=True)
         return found
+
+
+    def _expected_config(self, method: str, overrides: dict, backbone: str, setting: Setting,
+                         seed: int) -> dict | None:
+        """The config ``mtlbench run`` resolves for this row and seed (None: it cannot be resolved
+        here, e.g. a plugin this install lacks; then no setting is compared)."""
+        key = (method, options_key(method, overrides), backbone, setting.dataset, setting.preset,
+               repr(sorted(setting.options.items())), seed)
+        if key not in self._expected:
+            try:
+                cfg = JobBuilder(setting).resolve(method, effective_overrides(method, overrides), backbone, seed)
+                self._expected[key] = cfg.data
+            except UserError:
+                self._expected[key] = None
+        return self._expected[key]
+
+
+#: the config sections compared between a record and the preset (the method's options are
+#: compared by :func:`~mtlbench.tables.options.options_match`)
+SETTING_SECTIONS = ("train", "backbone", "dataset")
+
+
+def _plain(v: Any) -> Any:
+    """A value as a JSON record holds it (tuples as lists)."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def setting_differences(record_config: dict, expected: dict) -> list[str]:
+    """``section.key=value`` for every setting in which a record's config differs from the
+    expected one, on the keys both have (runtime keys and backward-compatible options at
+    their defaults aside: :func:`mtlbench.config.identity_data`)."""
+    from ..config import identity_data
+
+    a, b = identity_data(record_config), identity_data(expected)
+    out = []
+    for section in SETTING_SECTIONS:
+        ra, rb = a.get(section), b.get(section)
+        if not isinstance(ra, dict) or not isinstance(rb, dict):
+            continue
+        for k in sorted(ra.keys() & rb.keys()):
+            va, vb = _plain(ra[k]), _plain(rb[k])
+            if not same_value(va, vb):
+                out.append(f"{section}.{k}={va!r} (the preset: {vb!r})")
+    return out
 
 
 def read_records(out: str | Path) -> tuple[list[dict], list[BadRecord]]:
