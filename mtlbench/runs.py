@@ -332,6 +332,19 @@ def _yaml_scalar(v: Any) -> str:
     return str(v)
 
 
+def checkpoint_of(record: dict) -> Path | None:
+    """Where a record's final checkpoint is (None: the record names none); it may be missing."""
+    ckpt = record.get("checkpoint")
+    if not ckpt:
+        return None
+    ckpt_path = Path(ckpt)
+    if not ckpt_path.is_absolute() and not ckpt_path.exists():
+        # relative to the results dir that holds the record: <out>/runs/<4 levels>
+        path = Path(record["_path"]).parent if "_path" in record else Path(".")
+        ckpt_path = path.parents[3] / ckpt if len(path.parents) > 3 else ckpt_path
+    return ckpt_path
+
+
 def load_trained_method(record: dict, device: str = "cpu"):
     """Rebuild a finished run's method from its record and load its final weights."""
     import torch
@@ -339,14 +352,9 @@ def load_trained_method(record: dict, device: str = "cpu"):
     from .config import from_dict
     from .trainer import assemble
 
-    ckpt = record.get("checkpoint")
-    path = Path(record["_path"]).parent if "_path" in record else Path(".")
-    if not ckpt:
+    ckpt_path = checkpoint_of(record)
+    if ckpt_path is None:
         raise UserError(f"run record {record.get('_path')} has no checkpoint")
-    ckpt_path = Path(ckpt)
-    if not ckpt_path.is_absolute() and not ckpt_path.exists():
-        # relative to the results dir that holds the record: <out>/runs/<4 levels>
-        ckpt_path = path.parents[3] / ckpt if len(path.parents) > 3 else ckpt_path
     if not ckpt_path.is_file():
         raise UserError(f"the checkpoint {str(ckpt_path)!r} of run {record.get('_path')} is missing",
                         hint="run it again with --force to recreate it")

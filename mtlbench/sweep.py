@@ -354,6 +354,27 @@ class SweepPlan:
                 f"seeds {', '.join(map(str, self.seeds))}: {n} runs, {n - todo} recorded (skipped), "
                 f"{todo} to run")
 
+    def lost_checkpoints(self) -> list[tuple[Job, Path, list[Job]]]:
+        """Recorded runs that a run still to do loads (``Method.requires``) and whose final
+        checkpoint is gone: ``(the recorded job, the missing checkpoint, the jobs that need it)``.
+        Records say where their checkpoint was; checkpoints are not committed with them."""
+        from .runs import checkpoint_of
+
+        by_key = {j.key: j for j in self.jobs}
+        needers: dict[tuple, list[Job]] = {}
+        for j in self.todo:
+            for d in j.deps:
+                dep = by_key.get(d)
+                if dep is not None and dep.recorded:
+                    needers.setdefault(d, []).append(j)
+        lost = []
+        for key, js in needers.items():
+            dep = by_key[key]
+            ckpt = checkpoint_of(dep.records[0])
+            if ckpt is None or not ckpt.is_file():
+                lost.append((dep, ckpt if ckpt is not None else Path("(none named)"), js))
+        return lost
+
     def corrupt_records(self) -> tuple[dict[tuple, BadRecord], list[BadRecord]]:
         """Unreadable files split into ``({job key: bad record of a planned run}, others)``."""
         at = {}
@@ -378,14 +399,14 @@ def plan_sweep(spec: TableSpec, setting: Setting, seeds: Sequence[int],
                      list(index.problems))
 
 
-def move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.corrupt-<time>`` beside it (never deleting); return the new path."""
+def move_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename ``path`` to ``<name>.<why>-<time>`` beside it (never deleting); return the new path."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
     os.replace(path, target)
     return target
 
@@ -401,6 +422,10 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
                      f"{bad.path.name}.corrupt-<time> and runs it again")
     for bad in others:
         lines.append(f"# unreadable record (not a run of this table; left alone) {bad.describe()}")
+    for dep, ckpt, needers in plan.lost_checkpoints():
+        lines.append(f"# {dep.describe()} is recorded but its checkpoint {ckpt} is missing, and "
+                     f"{', '.join(j.describe() for j in needers)} load{'s' if len(needers) == 1 else ''} it: "
+                     f"a sweep stops before training unless given --retrain-lost")
     for i, job in enumerate(todo, 1):
         after = [str(pos[d]) for d in job.deps if d in pos]
         lines.append(f"# {i}. {job.describe()}" + (f" (after {', '.join(after)})" if after else ""))
@@ -411,15 +436,37 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
 def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, address: str | None = None,
               device: str | None = None, cpus: float = 1.0, gpus: float | None = None,
               quiet: bool = False, echo: Callable[[str], None] = print,
-              ray_init: dict | None = None) -> SweepResult:
+              ray_init: dict | None = None, retrain_lost: bool = False) -> SweepResult:
     """Run the plan's missing runs with the chosen executor.
 
     Unreadable record files of planned runs are moved aside first (so the run
-    trains again); other unreadable files under ``runs/`` are reported.
+    trains again); other unreadable files under ``runs/`` are reported.  A
+    recorded run whose checkpoint a run to do loads but that is gone
+    (:meth:`SweepPlan.lost_checkpoints`) stops the sweep before anything trains,
+    unless ``retrain_lost``: then its record is moved aside to
+    ``<name>.replaced-<time>`` and it is trained again first.
     """
     if executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r} is not an executor", hint="use local or ray")
     s = plan.setting
+    lost = plan.lost_checkpoints()
+    if lost and not retrain_lost:
+        what = "\n".join(f"  {dep.describe()}: {ckpt} (needed by {', '.join(j.describe() for j in js)})"
+                         for dep, ckpt, js in lost)
+        raise UserError(f"{len(lost)} recorded run{'s' if len(lost) > 1 else ''} that runs of this sweep "
+                        f"load {'have' if len(lost) > 1 else 'has'} no checkpoint any more:\n{what}",
+                        hint="restore the checkpoints under <out>/checkpoints, or add --retrain-lost to "
+                             "train those runs again first (their records are kept beside, renamed "
+                             "<name>.replaced-<time>)")
+    for dep, ckpt, _ in lost:
+        for rec in dep.records:
+            path = Path(rec["_path"])
+            for log in (path.with_name(path.stem + ".steps.jsonl"), path.with_name(path.stem + ".epochs.jsonl")):
+                if log.exists():
+                    move_aside(log, "replaced")
+            moved = move_aside(path, "replaced")
+            echo(f"{dep.describe()}: checkpoint {ckpt} missing; record moved aside to {moved}, trained again")
+        dep.records = []
     todo = plan.todo
     if todo and s.data_root is None and needs_root(s.dataset):
         raise UserError(f"the runs on {s.dataset} need its data directory",

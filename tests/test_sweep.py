@@ -132,6 +132,41 @@ def test_run_processes_respects_dependencies(monkeypatch, tmp_path):
     assert all(Path(o.detail).parent.parent.parent.parent.name == "sweep" for o in res.outcomes)
 
 
+def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trained_again(monkeypatch, tmp_path):
+    """MTL-pretrained-AFD loads the stl run's weights: a recorded stl run whose checkpoint is gone
+    (checkpoints are not committed) must stop the sweep before hours of other runs, not fail at the end."""
+    import shutil
+
+    shutil.copytree(FIXTURES / "tables" / "results", tmp_path, dirs_exist_ok=True)
+    plan = _plan(4, tmp_path, seeds=(0,))
+    lost = plan.lost_checkpoints()
+    assert [(dep.method, [j.labels for j in js]) for dep, _, js in lost] == [("stl", [["MTL-pretrained-AFD"]])]
+    dep, ckpt, _ = lost[0]
+    stl_record = Path(dep.records[0]["_path"])
+    assert ckpt == tmp_path / dep.records[0]["checkpoint"] and not ckpt.exists()
+    assert "its checkpoint" in sw.dry_run_text(plan) and "--retrain-lost" in sw.dry_run_text(plan)
+    ran = []
+    monkeypatch.setattr(sw, "execute", lambda cfg, out, quiet=False: ran.append(cfg.name("method")) or
+                        {"status": "done", "record": "x"})
+    with pytest.raises(UserError) as exc:
+        sw.run_sweep(plan, echo=lambda s: None)
+    assert "no checkpoint any more" in str(exc.value) and str(ckpt) in str(exc.value)
+    assert "--retrain-lost" in exc.value.hint and ran == [] and stl_record.exists()
+    # with the checkpoint back, nothing is lost
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    assert _plan(4, tmp_path, seeds=(0,)).lost_checkpoints() == []
+    ckpt.unlink()
+    # --retrain-lost: the old record is kept aside and the stl run trains before the run that loads it
+    lines = []
+    res = sw.run_sweep(_plan(4, tmp_path, seeds=(0,)), echo=lines.append, retrain_lost=True)
+    assert ran.index("stl") < len(ran) - 1 and sorted(ran) == ["okd", "okd", "stl"]
+    assert [o.job.labels[0] for o in res.outcomes if o.job.method == "stl"] == ["STL"]
+    aside = list(stl_record.parent.glob(stl_record.name + ".replaced-*"))
+    assert len(aside) == 1 and not stl_record.exists()
+    assert any("moved aside to" in ln and "trained again" in ln for ln in lines)
+
+
 def test_unreadable_records_are_moved_aside_and_run_again(monkeypatch, tmp_path, capsys):
     plan = _plan(DEPS, tmp_path)
     stl = plan.todo[0]

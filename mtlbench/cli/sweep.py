@@ -29,6 +29,9 @@ def register(sub) -> None:
                    help="Ray: GPUs per run (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--device", help="train.device of the runs: auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--dry-run", action="store_true", help="print the ordered commands and exit")
+    p.add_argument("--retrain-lost", action="store_true",
+                   help="train again the recorded runs whose checkpoints are gone but that runs of this "
+                        "sweep load (e.g. stl for kd_mtl); their old records are kept, renamed")
     p.add_argument("--quiet", action="store_true", help="no progress bars from the runs")
     p.set_defaults(func=main)
 
@@ -58,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
         print(dry_run_text(plan, device=args.device), end="")
         return 0
     res = run_sweep(plan, executor=args.executor, jobs=args.jobs, address=args.address, device=args.device,
-                    cpus=args.cpus_per_run, gpus=args.gpus_per_run, quiet=args.quiet)
+                    cpus=args.cpus_per_run, gpus=args.gpus_per_run, quiet=args.quiet,
+                    retrain_lost=args.retrain_lost)
     print(f"sweep: {res.summary()}")
     for o in res.failed:
         print(f"  {o.status}: {o.job.describe()}: {o.detail}")
