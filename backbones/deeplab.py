@@ -312,10 +312,48 @@ class MTANEncoder(_ResNetEncoderBase):
 # the DeepLabV3 head
 # ---------------------------------------------------------------------------
 
+def _dead_taps(k: int, dilation: int, size: int) -> int:
+    """How many kernel taps at each end of one axis only ever read zero padding.
+
+    In a stride-1 "same" convolution (padding ``dilation * (k // 2)``) the tap
+    ``m`` places from the centre reads input row ``i ± dilation * m`` for output
+    row ``i`` in ``[0, size)``: it meets the input only if ``dilation * m < size``.
+    """
+    return max(0, k // 2 - (size - 1) // dilation)
+
+
+class SameDilatedConv2d(nn.Conv2d):
+    """A stride-1 "same" dilated convolution that skips the kernel taps reading only padding.
+
+    ASPP's rates (12, 24, 36) can exceed the feature map: on the quick preset's
+    96x128 images it is 12x16, so rate 12 keeps only the kernel's middle row and
+    rates 24 and 36 only its centre; at 288x384 (36x48) rate 36 keeps the middle
+    row.  The skipped taps multiply zeros, so the output is the same sum (up to
+    floating-point summation order) and their gradient is zero, as the full
+    convolution computes it.  The parameters and the state dict are an
+    ``nn.Conv2d``'s (pretrained and saved weights load unchanged); FLOP counters
+    see the smaller convolution.  Measured in docs/BENCHMARKS.md.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, dilation: int, bias: bool = False):
+        if k % 2 != 1:
+            raise ValueError(f"SameDilatedConv2d needs an odd kernel size, got {k}")
+        super().__init__(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        th, tw = _dead_taps(kh, dh, x.shape[-2]), _dead_taps(kw, dw, x.shape[-1])
+        if th == 0 and tw == 0:
+            return super().forward(x)
+        weight = self.weight[:, :, th:kh - th, tw:kw - tw]
+        padding = (self.padding[0] - dh * th, self.padding[1] - dw * tw)
+        return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
+
+
 def _conv_bn_relu(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    conv = (SameDilatedConv2d(cin, cout, k, dilation) if dilation > 1 else
+            nn.Conv2d(cin, cout, k, padding=k // 2, bias=False))
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ImagePooling(nn.Module):

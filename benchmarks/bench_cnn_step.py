@@ -12,16 +12,23 @@ median process CPU time per step (all threads), per image and as speed-ups.
     .venv/bin/python benchmarks/bench_cnn_step.py                    # 288x384, batch 2, both backbones
     .venv/bin/python benchmarks/bench_cnn_step.py --size 64 64 --rounds 1 --backbones deeplabv3
     .venv/bin/python benchmarks/bench_cnn_step.py --modes fp32,bf16,fp32_cl,bf16_cl   # separate the two effects
+    .venv/bin/python benchmarks/bench_cnn_step.py --modes bf16_cl+full_aspp,bf16_cl   # ASPP's dead taps computed
+
+A mode's ``+full_aspp`` suffix computes ASPP's dilated convolutions in full,
+kernel taps that read only zero padding included (as before
+``SameDilatedConv2d``; the same outputs), to measure what skipping them saves.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from mtlbench.backbones.deeplab import SameDilatedConv2d
 from mtlbench.registry import BACKBONES, METHODS
 from mtlbench.tasks import Depth, Normal, SemSeg
 from mtlbench.config import TrainConfig
@@ -44,8 +51,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def full_aspp(on: bool):
+    """Compute ASPP's dilated convolutions with every kernel tap (``nn.Conv2d``'s forward)."""
+    saved = SameDilatedConv2d.forward
+    if on:
+        SameDilatedConv2d.forward = torch.nn.Conv2d.forward
+    try:
+        yield
+    finally:
+        SameDilatedConv2d.forward = saved
+
+
+def parse_mode(mode: str) -> tuple[str, bool]:
+    """``"bf16_cl+full_aspp"`` -> ``("bf16_cl", True)``."""
+    base, _, extra = mode.partition("+")
+    if base not in MODES or extra not in ("", "full_aspp"):
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}, each optionally +full_aspp")
+    return base, extra == "full_aspp"
+
+
 def time_block(method, batch, device, mode: str, steps: int, warmup: bool) -> list[tuple[float, float]]:
     """``(wall_s, cpu_s)`` of each timed step; ``cpu_s`` is the process's CPU time (all threads)."""
+    base, full = parse_mode(mode)
+    with full_aspp(full):
+        return _time_block(method, batch, device, base, steps, warmup)
+
+
+def _time_block(method, batch, device, mode: str, steps: int, warmup: bool) -> list[tuple[float, float]]:
     bf16, cl = MODES[mode]
     fmt = torch.channels_last if cl else torch.contiguous_format
     method.to(memory_format=fmt)
@@ -65,7 +98,8 @@ def time_block(method, batch, device, mode: str, steps: int, warmup: bool) -> li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", default="deeplabv3,deeplabv3_mtan")
-    p.add_argument("--modes", default="fp32,bf16_cl", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", default="fp32,bf16_cl",
+                   help=f"comma list of {', '.join(MODES)}, each optionally +full_aspp")
     p.add_argument("--size", type=int, nargs=2, default=(288, 384), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=1, help="timed steps per block")
@@ -78,8 +112,10 @@ def main() -> None:
     device = torch.device(args.device)
     modes = args.modes.split(",")
     for m in modes:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+        try:
+            parse_mode(m)
+        except ValueError as exc:
+            p.error(str(exc))
     tasks = {"semseg": SemSeg(13), "depth": Depth(), "normal": Normal()}
     h, w = args.size
     batch = make_batch(args.batch, h, w, device)
@@ -101,7 +137,7 @@ def main() -> None:
         cpu = {m: statistics.median(c for _, c in per_mode[m]) for m in modes}
         ref = modes[0]
         for m in modes:
-            print(f"{name:15s} {m:8s} wall {wall[m]:7.2f} s/step = {wall[m] / args.batch:6.2f} s/image "
+            print(f"{name:15s} {m:18s} wall {wall[m]:7.2f} s/step = {wall[m] / args.batch:6.2f} s/image "
                   f"({wall[ref] / wall[m]:4.2f}x vs {ref})   cpu {cpu[m]:7.2f} s/step = "
                   f"{cpu[m] / args.batch:6.2f} s/image ({cpu[ref] / cpu[m]:4.2f}x)   steps wall/cpu: "
                   + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in per_mode[m]), flush=True)

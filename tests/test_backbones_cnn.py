@@ -100,6 +100,56 @@ def test_head_output_at_input_size(name):
         assert head.classifier.bias is not None
 
 
+@pytest.mark.parametrize("size", [(12, 16), (36, 48), (5, 40), (3, 3)])
+@pytest.mark.parametrize("dilation", [2, 6, 12, 24, 36])
+def test_same_dilated_conv_skips_only_taps_that_read_padding(size, dilation):
+    """ASPP's dilated conv drops the taps that can only meet zero padding: the same output and
+    weight gradient as the full convolution (zero for the dropped taps), the same parameters."""
+    from mtlbench.backbones.deeplab import SameDilatedConv2d, _dead_taps
+
+    torch.manual_seed(0)
+    conv = SameDilatedConv2d(6, 5, 3, dilation)
+    full = torch.nn.Conv2d(6, 5, 3, padding=dilation, dilation=dilation, bias=False)
+    full.load_state_dict(conv.state_dict())
+    assert list(conv.state_dict()) == ["weight"]
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
+    conv, full = conv.double(), full.double()
+    y, y_full = conv(x), full(x)
+    assert y.shape == y_full.shape == (2, 5, *size)
+    torch.testing.assert_close(y, y_full, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y_full * g).sum().backward()
+    torch.testing.assert_close(conv.weight.grad, full.weight.grad, rtol=1e-12, atol=1e-12)
+    th, tw = _dead_taps(3, dilation, size[0]), _dead_taps(3, dilation, size[1])
+    assert (th, tw) == (int(dilation >= size[0]), int(dilation >= size[1]))
+    if th:  # a dropped row of taps: its gradient is exactly zero in both
+        assert conv.weight.grad[:, :, 0].abs().max() == 0 and full.weight.grad[:, :, 0].abs().max() < 1e-12
+
+
+def test_aspp_drops_dead_taps_on_the_quick_feature_map():
+    """On a 12x16 feature map (the quick preset's 96x128 input) rates 24 and 36 reduce to the
+    kernel's centre and rate 12 to its middle row: the convolutions actually run say so."""
+    head = factory("deeplabv3", aspp_channels=8).head(TASKS["depth"]).eval()
+    shapes = []
+    real = torch.nn.functional.conv2d
+
+    def spy(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        if dilation not in (1, (1, 1)):
+            shapes.append(tuple(w.shape[-2:]))
+        return real(x, w, bias, stride, padding, dilation, groups)
+
+    import mtlbench.backbones.deeplab as dl
+    orig = dl.F.conv2d
+    dl.F.conv2d = spy
+    try:
+        with torch.no_grad():
+            head(torch.randn(1, 2048, 12, 16), (96, 128))
+    finally:
+        dl.F.conv2d = orig
+    assert shapes == [(1, 3), (1, 1), (1, 1)]
+
+
 def test_head_trains_on_a_batch_of_one():
     # The image-pooling branch sees one value per channel; BatchNorm alone would raise.
     head = factory("deeplabv3", aspp_channels=8).head(TASKS["depth"]).train()
