@@ -388,7 +388,13 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(_conv_bn_relu(cout * len(self.branches), cout, 1), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([b(x) for b in self.branches], 1))
+        y = torch.cat([b(x) for b in self.branches], 1)
+        if x.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous(
+                memory_format=torch.channels_last):
+            # the pooling branch's broadcast (a zero-stride view) makes cat return NCHW, and
+            # the projection's convolution then ran on NCHW in a channels_last model
+            y = y.contiguous(memory_format=torch.channels_last)
+        return self.project(y)
 
 
 class DeepLabV3Head(nn.Module):

@@ -150,6 +150,22 @@ def test_aspp_drops_dead_taps_on_the_quick_feature_map():
     assert shapes == [(1, 3), (1, 1), (1, 1)]
 
 
+def test_aspp_projection_stays_channels_last():
+    """The pooling branch's broadcast made torch.cat return NCHW: the projection then ran on NCHW
+    inside a channels_last model (slower in bf16 on CPU)."""
+    head = factory("deeplabv3", aspp_channels=8).head(TASKS["depth"]).eval().to(memory_format=torch.channels_last)
+    seen = []
+    head.aspp.project[0][0].register_forward_pre_hook(
+        lambda mod, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)
+                                     and not inp[0].is_contiguous()))
+    x = torch.randn(2, 2048, 12, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = head(x, (96, 128))
+        ref = head(x.contiguous(), (96, 128))  # NCHW in: no conversion, the same values
+    assert seen == [True, False]
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_head_trains_on_a_batch_of_one():
     # The image-pooling branch sees one value per channel; BatchNorm alone would raise.
     head = factory("deeplabv3", aspp_channels=8).head(TASKS["depth"]).train()
