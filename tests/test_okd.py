@@ -354,10 +354,10 @@ def test_script_profile_gives_omega_its_own_adam_and_the_text_shares_the_runs():
     o = optim.optimizers["omega"]
     assert type(o) is torch.optim.Adam and o.param_groups[0]["lr"] == 1e-3
     assert o.param_groups[0]["weight_decay"] == 5e-4 and "omega" not in optim.schedulers
-    assert float(m.omega.min()) >= 0 and float(m.omega.max()) <= 1 and float(m.omega.max()) > 2 / 3
+    assert float(m.omega.detach().min()) >= 0 and 2 / 3 < float(m.omega.detach().max()) <= 1
     text = {s.name: s for s in _okd(profile="text").optimizers()}
     assert set(text) == {"model", "stl"} and text["model"].groups[1]["weight_decay"] == 0.0
-    assert float(_okd(profile="text").omega.max()) <= 2 / 3  # U(0, 2/N_t)
+    assert float(_okd(profile="text").omega.detach().max()) <= 2 / 3  # U(0, 2/N_t)
 
 
 def test_single_task_networks_freeze_after_their_share_but_keep_feeding_afd():
