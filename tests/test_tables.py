@@ -342,7 +342,14 @@ def test_records_predating_an_option_serve_no_row_unless_it_is_backward_compatib
     bt = build_table(spec, choose_setting(spec, preset="smoke", out="/nonexistent"),
                      records=[rec, _rec("baseline", 0, _m(40.0, 80.0, 0.5, 0.2))])
     assert bt.cell(spec.row("okd"), "vit_tiny").seeds == []
-    assert any(n.startswith("1 okd record of this setting lacks the options profile, otw_schedule") for n in bt.notes)
+    note = next(n for n in bt.notes if n.startswith("1 okd record of this setting lacks the options profile, otw_schedule"))
+    assert note.endswith("the missing runs below train them again.")  # okd has no current record here
+    fresh = _rec("okd", 0, _m(45.0, 84.0, 0.5, 0.15), created="2025-01-01")
+    bt2 = build_table(spec, choose_setting(spec, preset="smoke", out="/nonexistent"),
+                      records=[rec, fresh, _rec("baseline", 0, _m(40.0, 80.0, 0.5, 0.2))], seeds=[0])
+    assert bt2.cell(spec.row("okd"), "vit_tiny").seeds == [0]
+    assert any(n.startswith("1 okd record") and n.endswith("has a newer record for each of its runs.")
+               for n in bt2.notes)
     # declared backward compatible (option(..., hash_default=False)): a missing option is its default
     monkeypatch.setattr(options_mod, "_NEUTRAL_CACHE", {"okd": frozenset({"profile", "otw_schedule"})})
     assert options_match(old, "okd", {}) and not options_match(old, "okd", {"profile": "text"})

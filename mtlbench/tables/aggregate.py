@@ -335,10 +335,12 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
                 c.paper_delta = _paper_delta(spec, c.row, ref, bb)
     for method, (stale, opts) in index.stale.items():
         n = len(stale)
+        retrain = ("the missing runs below train them again" if any(j.method == method and not j.recorded
+                                                                      for j in jobs)
+                   else "this table has a newer record for each of its runs")
         notes.append(f"{n} {method} record{'s' if n > 1 else ''} of this setting lack{'' if n > 1 else 's'} "
                      f"the option{'s' if len(opts) > 1 else ''} {', '.join(opts)} (added to {method} since, "
-                     f"not declared backward compatible): they serve no row; the missing runs below "
-                     f"train them again.")
+                     f"not declared backward compatible): they serve no row; {retrain}.")
     for method, recs in index.variants.items():
         n = len(recs)
         settings = sorted({d.split("=")[0] for diffs in recs.values() for d in diffs})
