@@ -464,8 +464,8 @@ class Method(nn.Module):
         losses = self.task_losses(preds, batch)
         weights = self.loss_weights(losses)
         total = sum(weights[t] * losses[t] for t in losses)
-        logs = {f"weight/{t}": float(w) for t, w in weights.items()
-                if not (isinstance(w, float) and w == 1.0)}
+        logs = {f"weight/{t}": float(w.detach()) if isinstance(w, torch.Tensor) else float(w)
+                for t, w in weights.items() if not (isinstance(w, float) and w == 1.0)}
         return StepOutput(losses=losses, loss=total, logs=logs)
 
     def backward(self, out: StepOutput) -> None:

@@ -143,3 +143,20 @@ def _entry_points(group: str):
 METHODS = Registry("method", "mtlbench.methods", ("mtlbench.methods",))
 BACKBONES = Registry("backbone", "mtlbench.backbones", ("mtlbench.backbones",))
 DATASETS = Registry("dataset", "mtlbench.datasets", ("mtlbench.data",))
+
+
+def assemble(cfg: Any, dataset: Any = None) -> tuple[Any, dict, Any, Any]:
+    """The one build sequence of a resolved config: dataset -> tasks -> backbone factory -> method
+    (on the CPU).
+
+    Used by :func:`mtlbench.trainer.build` (training) and
+    :func:`mtlbench.runs.load_trained_method` (a finished run's networks).
+    ``dataset``: an already built dataset plugin.
+    """
+    if dataset is None:
+        dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
+    tasks = dataset.tasks()
+    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
+    factory.check_image_size(cfg.dataset.image_size)
+    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
+    return dataset, tasks, factory, method

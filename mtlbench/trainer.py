@@ -39,7 +39,7 @@ from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
 from .progress import Progress
-from .registry import BACKBONES, DATASETS, METHODS
+from .registry import DATASETS, METHODS, assemble
 from .runs import (SCHEMA_VERSION, RunContext, RunLock, RunPaths, atomic_torch_save,
                    atomic_write_bytes, atomic_write_json, find_runs, strict_json)
 
@@ -120,21 +120,6 @@ class Setup:
     channels_last: bool
     train_set: Any = None
     val_set: Any = None
-
-
-def assemble(cfg: ResolvedConfig, dataset: Any = None) -> tuple[Any, dict, Any, Method]:
-    """The one build sequence: dataset -> tasks -> backbone factory -> method (on the CPU).
-
-    Used by :func:`build` (training) and :func:`mtlbench.runs.load_trained_method`
-    (a finished run's networks).  ``dataset``: an already built dataset plugin.
-    """
-    if dataset is None:
-        dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
-    tasks = dataset.tasks()
-    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
-    factory.check_image_size(cfg.dataset.image_size)
-    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
-    return dataset, tasks, factory, method
 
 
 def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
