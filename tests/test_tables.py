@@ -419,6 +419,30 @@ def test_records_with_other_train_settings_serve_no_row():
     assert setting_differences({**cfg, "train": {"lr": 2}}, exp) == ["train.lr=2 (the preset: 1.0)"]
 
 
+def test_pairs_on_different_thread_counts_are_flagged():
+    """Two runs of one seed on different CPU thread counts differ by reduction order alone (several Δ
+    points here): the table notes it and a comparison lists the counts; equal or unknown counts: silent."""
+    spec = load_spec(2)
+    setting = choose_setting(spec, preset="smoke", out="/nonexistent")
+
+    def on(rec, threads):
+        if threads is not None:
+            rec["device"] = {"type": "cpu", "threads": threads}
+        return rec
+
+    records = [on(_rec("baseline", s, _m(40.0 + s, 80.0, 0.5, 0.2)), 2) for s in range(3)]
+    records += [on(_rec("okd", 0, _m(45.0, 84.0, 0.5, 0.15)), 1), on(_rec("okd", 1, _m(45.0, 84.0, 0.5, 0.15)), 2),
+                on(_rec("okd", 2, _m(45.0, 84.0, 0.5, 0.15)), 1),
+                on(_rec("dwa", 0, _m(41.0, 80.0, 0.5, 0.2)), 2), on(_rec("dwa", 1, _m(41.0, 80.0, 0.5, 0.2)), None)]
+    bt = build_table(spec, setting, records=records)
+    note = next(n for n in bt.notes if n.startswith("Paired runs on different CPU thread counts"))
+    assert "OKD-MTL seeds 0, 2." in note and "DWA" not in note
+    comp = bt.compare("okd", "baseline")
+    assert comp.mixed_threads == {0: (1, 2), 2: (1, 2)}
+    assert any("thread counts differ (seed 0: 1 vs 2, seed 2: 1 vs 2)" in line for line in comp.lines())
+    assert bt.compare("dwa", "baseline").mixed_threads == {}
+
+
 def test_fixture_rows_match_their_records():
     index = RecordIndex.from_dir(FIXTURES / "results")
     assert index.problems == []

@@ -43,6 +43,7 @@ class Cell:
     backbone: str
     seeds: list[int] = field(default_factory=list)  # seeds found
     per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> the record's metrics
+    threads: dict[int, int | None] = field(default_factory=dict)  # seed -> the run's CPU threads (record)
     mean: dict[str, dict[str, float]] = field(default_factory=dict)
     std: dict[str, dict[str, float]] = field(default_factory=dict)
     delta: PairedSummary | None = None  # paired Δ against the reference row
@@ -76,6 +77,7 @@ class Comparison:
     paper: float | None = None  # the paper's Δ of a against b (printed or recomputed)
     paper_deltas: tuple[float | None, float | None] | None = None  # a's and b's printed Δ (vs the paper's ref)
     paper_reference: str = ""
+    mixed_threads: dict[int, tuple[int, int]] = field(default_factory=dict)  # seed -> (a's, b's CPU threads)
 
     def paper_text(self) -> str | None:
         """The paper's number beside the comparison, or None."""
@@ -103,7 +105,26 @@ class Comparison:
             label = self.a.label if key == self.a.key else self.b.label
             out.append(f"  no record of {label} for seed{'s' if len(seeds) > 1 else ''} "
                        f"{', '.join(map(str, seeds))}")
+        if self.mixed_threads:
+            out.append(f"  {threads_text(self.mixed_threads)}")
         return out
+
+
+def mixed_threads(a: Cell, b: Cell) -> dict[int, tuple[int, int]]:
+    """Paired seeds whose two CPU runs used different thread counts: ``{seed: (a's, b's)}``."""
+    out = {}
+    for s in sorted(set(a.per_seed) & set(b.per_seed)):
+        ta, tb = a.threads.get(s), b.threads.get(s)
+        if ta and tb and ta != tb:
+            out[s] = (ta, tb)
+    return out
+
+
+def threads_text(mixed: dict[int, tuple[int, int]]) -> str:
+    """The caveat for pairs of runs on different CPU thread counts."""
+    pairs = ", ".join(f"seed {s}: {ta} vs {tb}" for s, (ta, tb) in mixed.items())
+    return (f"thread counts differ ({pairs}): the floating-point reduction order differs, which alone "
+            f"can move a seed's Δ by several points (docs/RESULTS.md, the noise floor)")
 
 
 def describe_summary(s: PairedSummary, verdict: bool = True) -> str:
@@ -157,7 +178,8 @@ class BuiltTable:
         missing = {r.key: [s for s in self.seeds if s not in c.per_seed]
                    for r, c in ((ra, ca), (rb, cb)) if not c.unsupported}
         comp = Comparison(ra, rb, bb, summarize(values), errors, {k: v for k, v in missing.items() if v},
-                          paper_reference=(self.spec.row(self.spec.paper_reference).label))
+                          paper_reference=(self.spec.row(self.spec.paper_reference).label),
+                          mixed_threads=mixed_threads(ca, cb))
         pa, pb = self.spec.paper_values(ra, bb), self.spec.paper_values(rb, bb)
         if self.spec.delta and pa is not None and pb is not None:
             if rb.key == self.spec.paper_reference:
@@ -311,6 +333,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
             if j is not None and j.recorded:
                 c.seeds.append(s)
                 c.per_seed[s] = j.records[0].get("metrics") or {}
+                c.threads[s] = (j.records[0].get("device") or {}).get("threads")
         if c.seeds and repr(g) in groups:
             sub = stats.loc[repr(g)]
             c.mean = _nested({k: float(v) for k, v in sub["mean"].items()})
@@ -319,12 +342,17 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
 
     cells = {(row.key, bb): cell_stats(row, bb) for row in spec.rows(hidden=True) for bb in spec.backbones}
     undefined: dict[str, list[str]] = {}  # error -> rows (a zero in the reference hits them all)
+    mixed_rows: list[str] = []  # rows with paired seeds on different CPU thread counts
     multi = len(spec.backbones) > 1
     for (_, bb), c in cells.items():
         rc = cells.get((ref.key, bb))
         if c.per_seed and rc is not None and rc.per_seed:
             values, errors = paired_deltas(c.per_seed, rc.per_seed, directions)
             c.delta = summarize(values)
+            if c is not rc and mixed_threads(c, rc):
+                mixed_rows.append(c.row.label + (f" ({bb})" if multi else "")
+                                  + f" seed{'s' if len(mixed_threads(c, rc)) > 1 else ''} "
+                                  + ", ".join(map(str, mixed_threads(c, rc))))
             for s, err in errors.items():
                 undefined.setdefault(f"seed {s}: {err}", []).append(c.row.label + (f" ({bb})" if multi else ""))
         # the paper's Δ: as printed against its own reference, else recomputed from its metrics
@@ -348,6 +376,11 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         notes.append(f"{n} {method} record{'s' if n > 1 else ''} of this setting differ{'' if n > 1 else 's'} "
                      f"from the preset in {', '.join(settings)} (e.g. {example_id}: {'; '.join(example)}): "
                      f"not runs of this preset, they serve no row.")
+    if mixed_rows:
+        notes.append(f"Paired runs on different CPU thread counts than {ref.label}'s of the same seed: "
+                     f"{'; '.join(mixed_rows)}. The floating-point reduction order differs, which alone can "
+                     f"move a seed's Δ by several points (docs/RESULTS.md, the noise floor); "
+                     f"`mtlbench table --compare` lists the counts.")
     for err, labels in undefined.items():
         notes.append(f"Δ is undefined for {', '.join(labels)} on {err} "
                      f"(too short a training run? e.g. --preset quick trains longer than smoke)")

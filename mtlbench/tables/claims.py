@@ -39,7 +39,7 @@ import yaml
 
 from ..errors import UserError
 from ..stats import BETTER, MIN_SEEDS, TOO_FEW, WORSE
-from .aggregate import BuiltTable, Comparison, describe_summary
+from .aggregate import BuiltTable, Comparison, describe_summary, threads_text
 from .plan import Job
 
 CLAIMS_PATH = Path(__file__).parent / "claims.yaml"
@@ -249,6 +249,8 @@ def render_claims(results: Sequence[ClaimResult], paper: bool = True) -> str:
                 label = comp.a.label if key == comp.a.key else comp.b.label
                 plural = "s" if len(seeds) > 1 else ""
                 out.append(f"        missing: {label}, seed{plural} {', '.join(map(str, seeds))}")
+            if comp.mixed_threads:
+                out.append(f"        {threads_text(comp.mixed_threads)}")
         out.append("")
     out.append("Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" (of {len(results)} claims)")
     missing = _missing(results)
