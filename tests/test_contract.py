@@ -234,3 +234,15 @@ def test_step_rule_gradients_accumulated_inside_training_step_are_stepped():
     assert grads["g"].abs().max() < 1e5, "a stale gradient survived the trainer's zeroing"
     assert grads["g"].abs().sum() > 0, "the single-task gradient from training_step was lost"
     assert not torch.equal(stl_param.detach(), before)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_okd_text_profile_trains_on_every_backbone(backbone, tmp_path):
+    """The contract above trains okd in its default profile (script); the text profile is a
+    second code path (raw features, shared optimiser for ω, per-step OTW): it must train too."""
+    cfg = _cfg("okd", backbone, extra=["method.profile=text"])
+    rec = train(cfg, TrainOptions(out=tmp_path, quiet=True))
+    assert rec["method_info"]["profile"] == "text"
+    assert rec["method_info"]["options"]["afd_features"] == "raw"
+    values = [v for ms in rec["metrics"].values() for v in ms.values() if v is not None]
+    assert values and all(math.isfinite(v) for v in values)
