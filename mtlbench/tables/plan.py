@@ -195,7 +195,6 @@ class RecordIndex:
             recs.sort(key=lambda r: r.get("created", ""), reverse=True)
         return found
 
-
     def _expected_config(self, method: str, overrides: dict, backbone: str, setting: Setting,
                          seed: int) -> dict | None:
         """The config ``mtlbench run`` resolves for this row and seed (None: it cannot be resolved
