@@ -434,7 +434,11 @@ def test_pairs_on_different_thread_counts_are_flagged():
     records += [on(_rec("okd", 0, _m(45.0, 84.0, 0.5, 0.15)), 1), on(_rec("okd", 1, _m(45.0, 84.0, 0.5, 0.15)), 2),
                 on(_rec("okd", 2, _m(45.0, 84.0, 0.5, 0.15)), 1),
                 on(_rec("dwa", 0, _m(41.0, 80.0, 0.5, 0.2)), 2), on(_rec("dwa", 1, _m(41.0, 80.0, 0.5, 0.2)), None)]
+    gpu = _rec("uw", 0, _m(41.0, 80.0, 0.5, 0.2))
+    gpu["device"] = {"type": "cuda", "threads": 1}  # torch's CPU threads do not reduce a GPU run's sums
+    records.append(gpu)
     bt = build_table(spec, setting, records=records)
+    assert bt.compare("uw", "baseline").mixed_threads == {}
     note = next(n for n in bt.notes if n.startswith("Paired runs on different CPU thread counts"))
     assert "OKD-MTL seeds 0, 2." in note and "DWA" not in note
     comp = bt.compare("okd", "baseline")

@@ -333,7 +333,8 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
             if j is not None and j.recorded:
                 c.seeds.append(s)
                 c.per_seed[s] = j.records[0].get("metrics") or {}
-                c.threads[s] = (j.records[0].get("device") or {}).get("threads")
+                dev = j.records[0].get("device") or {}
+                c.threads[s] = dev.get("threads") if dev.get("type") == "cpu" else None  # CPU runs only
         if c.seeds and repr(g) in groups:
             sub = stats.loc[repr(g)]
             c.mean = _nested({k: float(v) for k, v in sub["mean"].items()})
@@ -349,10 +350,10 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         if c.per_seed and rc is not None and rc.per_seed:
             values, errors = paired_deltas(c.per_seed, rc.per_seed, directions)
             c.delta = summarize(values)
-            if c is not rc and mixed_threads(c, rc):
+            mixed = mixed_threads(c, rc) if c is not rc else {}
+            if mixed:
                 mixed_rows.append(c.row.label + (f" ({bb})" if multi else "")
-                                  + f" seed{'s' if len(mixed_threads(c, rc)) > 1 else ''} "
-                                  + ", ".join(map(str, mixed_threads(c, rc))))
+                                  + f" seed{'s' if len(mixed) > 1 else ''} " + ", ".join(map(str, mixed)))
             for s, err in errors.items():
                 undefined.setdefault(f"seed {s}: {err}", []).append(c.row.label + (f" ({bb})" if multi else ""))
         # the paper's Δ: as printed against its own reference, else recomputed from its metrics
