@@ -458,10 +458,14 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
                         hint="restore the checkpoints under <out>/checkpoints, or add --retrain-lost to "
                              "train those runs again first (their records are kept beside, renamed "
                              "<name>.replaced-<time>)")
+    from .runs import RunPaths
+
     for dep, ckpt, _ in lost:
         for rec in dep.records:
             path = Path(rec["_path"])
-            for log in (path.with_name(path.stem + ".steps.jsonl"), path.with_name(path.stem + ".epochs.jsonl")):
+            runs_dir = (Path(s.out) / "runs").resolve()
+            paths = RunPaths(Path(s.out), path.resolve().relative_to(runs_dir).with_suffix(""))  # its logs
+            for log in (paths.steps, paths.epochs):
                 if log.exists():
                     move_aside(log, "replaced")
             moved = move_aside(path, "replaced")
