@@ -460,6 +460,7 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
                              "<name>.replaced-<time>)")
     from .runs import RunPaths
 
+    replaced = []  # said after the header, which counts these runs as to do
     for dep, ckpt, _ in lost:
         for rec in dep.records:
             path = Path(rec["_path"])
@@ -469,13 +470,16 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
                 if log.exists():
                     move_aside(log, "replaced")
             moved = move_aside(path, "replaced")
-            echo(f"{dep.describe()}: checkpoint {ckpt} missing; record moved aside to {moved}, trained again")
+            replaced.append(f"{dep.describe()}: checkpoint {ckpt} missing; record moved aside to {moved}, "
+                            f"trained again")
         dep.records = []
     todo = plan.todo
     if todo and s.data_root is None and needs_root(s.dataset):
         raise UserError(f"the runs on {s.dataset} need its data directory",
                         hint="pass --data-root DIR (or a preset on a generated stand-in dataset, e.g. --preset quick)")
     echo(plan.header())
+    for line in replaced:
+        echo(line)
     mine, others = plan.corrupt_records()
     for bad in others:
         echo(f"unreadable record (not a run of this table; left alone): {bad.describe()}")

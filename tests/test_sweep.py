@@ -157,7 +157,14 @@ def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trai
     ckpt.write_bytes(b"weights")
     assert _plan(4, tmp_path, seeds=(0,)).lost_checkpoints() == []
     ckpt.unlink()
-    # --retrain-lost: the old record is kept aside and the stl run trains before the run that loads it
+    # --retrain-lost: the old record and its logs are kept aside and the stl run trains before the run
+    # that loads it
+    from mtlbench.runs import RunPaths
+
+    logs = RunPaths(tmp_path, stl_record.relative_to(tmp_path / "runs").with_suffix(""))
+    for log in (logs.steps, logs.epochs):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text('{"step": 1}\n')
     lines = []
     res = sw.run_sweep(_plan(4, tmp_path, seeds=(0,)), echo=lines.append, retrain_lost=True)
     assert ran.index("stl") < len(ran) - 1 and sorted(ran) == ["okd", "okd", "stl"]
@@ -165,6 +172,9 @@ def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trai
     aside = list(stl_record.parent.glob(stl_record.name + ".replaced-*"))
     assert len(aside) == 1 and not stl_record.exists()
     assert any("moved aside to" in ln and "trained again" in ln for ln in lines)
+    assert "to run" in lines[0] and "moved aside to" in lines[1]  # the header first, then what was replaced
+    for log in (logs.steps, logs.epochs):
+        assert not log.exists() and len(list(log.parent.glob(log.name + ".replaced-*"))) == 1
 
 
 def test_unreadable_records_are_moved_aside_and_run_again(monkeypatch, tmp_path, capsys):
