@@ -461,10 +461,10 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
     from .runs import RunPaths
 
     replaced = []  # said after the header, which counts these runs as to do
+    runs_dir = (Path(s.out) / "runs").resolve()
     for dep, ckpt, _ in lost:
         for rec in dep.records:
             path = Path(rec["_path"])
-            runs_dir = (Path(s.out) / "runs").resolve()
             paths = RunPaths(Path(s.out), path.resolve().relative_to(runs_dir).with_suffix(""))  # its logs
             for log in (paths.steps, paths.epochs):
                 if log.exists():

@@ -120,11 +120,14 @@ def mixed_threads(a: Cell, b: Cell) -> dict[int, tuple[int, int]]:
     return out
 
 
+THREADS_CAVEAT = ("the floating-point reduction order differs, which alone can move a seed's Δ by several "
+                  "points (docs/RESULTS.md, the noise floor)")
+
+
 def threads_text(mixed: dict[int, tuple[int, int]]) -> str:
     """The caveat for pairs of runs on different CPU thread counts."""
     pairs = ", ".join(f"seed {s}: {ta} vs {tb}" for s, (ta, tb) in mixed.items())
-    return (f"thread counts differ ({pairs}): the floating-point reduction order differs, which alone "
-            f"can move a seed's Δ by several points (docs/RESULTS.md, the noise floor)")
+    return f"thread counts differ ({pairs}): {THREADS_CAVEAT}"
 
 
 def describe_summary(s: PairedSummary, verdict: bool = True) -> str:
@@ -379,8 +382,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
                      f"not runs of this preset, they serve no row.")
     if mixed_rows:
         notes.append(f"Paired runs on different CPU thread counts than {ref.label}'s of the same seed: "
-                     f"{'; '.join(mixed_rows)}. The floating-point reduction order differs, which alone can "
-                     f"move a seed's Δ by several points (docs/RESULTS.md, the noise floor); "
+                     f"{'; '.join(mixed_rows)}. {THREADS_CAVEAT[0].upper()}{THREADS_CAVEAT[1:]}; "
                      f"`mtlbench table --compare` lists the counts.")
     for err, labels in undefined.items():
         notes.append(f"Δ is undefined for {', '.join(labels)} on {err} "
