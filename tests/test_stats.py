@@ -179,9 +179,11 @@ def test_claim_verdicts_each_side():
     # either end at 0 counts as containing 0 (as verdict())
     assert claim_verdict(_iv(0.0, 2.0), 1.0).verdict == UNDERPOWERED
     assert claim_verdict(_iv(-2.0, 0.0), 1.0).verdict == SMALLER
-    # too few seeds, as before
+    # too few seeds, as before; with a noise floor it still says how many would do
     assert claim_verdict(t_interval([5.0, 6.0]), 1.3).verdict == TOO_FEW
     assert claim_verdict(t_interval([]), 1.3).verdict == TOO_FEW
+    few = claim_verdict(t_interval([]), 1.3, noise_sd=3.0)
+    assert few.verdict == TOO_FEW and few.seeds_needed == 44 and few.min_detectable is None
 
 
 def test_claim_verdict_of_a_worse_claim_is_mirrored():
