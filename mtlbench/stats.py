@@ -209,6 +209,8 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> floa
     from scipy.stats import nct, t
 
     _check_power_args(sd, None, alpha)
+    if not math.isfinite(effect):
+        raise ValueError(f"effect must be a finite number, got {effect!r}")
     n = int(n)
     if n < 2:
         return 0.0

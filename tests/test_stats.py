@@ -113,6 +113,8 @@ def test_power_against_the_noncentral_t_and_gpower():
     assert paired_power(0.1, 0.0, 3) == 1.0
     with pytest.raises(ValueError, match="sd"):
         paired_power(1.0, -1.0, 5)
+    with pytest.raises(ValueError, match="effect"):
+        paired_power(math.nan, 1.0, 5)
 
 
 def test_seeds_needed_is_the_first_n_that_reaches_the_power():
