@@ -248,12 +248,13 @@ def test_pretrained_file_loads(tmp_path):
     torch.manual_seed(123)
     ref = resnet50(weights=None)
     path = tmp_path / "resnet50.pth"
-    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, path)  # DataParallel prefix too
+    want = ref.state_dict()
+    torch.save({f"module.{k}": v for k, v in want.items()}, path)  # DataParallel prefix too
     for name in BACKBONE_NAMES:
         enc = factory(name, pretrained_file=str(path)).encoder(["semseg"])
         got = enc.resnet.state_dict()
         for k, v in got.items():
-            assert torch.equal(v, ref.state_dict()[k]), k
+            assert torch.equal(v, want[k]), k
         assert "fc.weight" not in got
 
 
@@ -314,10 +315,10 @@ def test_vit_pretrained_file_loads_pth_and_safetensors(tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "vit.safetensors"))
     for name in ("vit.pth", "vit.safetensors"):
         enc = _vit(pretrained_file=str(tmp_path / name)).encoder(["semseg"])
-        got = enc.vit.state_dict()
-        assert set(got) == {k for k in ref.state_dict() if not k.startswith("head.")}
+        got, want = enc.vit.state_dict(), ref.state_dict()
+        assert set(got) == {k for k in want if not k.startswith("head.")}
         for k, v in got.items():
-            assert torch.equal(v, ref.state_dict()[k]), (name, k)
+            assert torch.equal(v, want[k]), (name, k)
 
 
 def test_vit_pretrained_file_that_does_not_fit_is_an_error(tmp_path):
