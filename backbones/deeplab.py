@@ -18,6 +18,14 @@ Encoder (``deeplabv3``)
     (conv1-bn-relu-maxpool, 64 ch, stride 4), layer1 (256, 4), layer2 (512, 8),
     layer3 (1024, 8), layer4 (2048, 8); the final features are layer4's output.
 
+    Size options (defaults: ResNet-50): ``blocks_per_stage`` (bottlenecks in
+    layer1..4, [3, 4, 6, 3]) and ``width`` (the stem's channels, 64; stage i
+    has ``width * 2**(i-1)`` inner and 4x as many output channels).  Any
+    values keep the dilation pattern above (output stride 8) and, in MTAN, one
+    attention module per task and stage; at width 64 torchvision's own ResNet
+    class builds the network, at other widths :class:`NarrowResNet` builds the
+    same structure narrower.  Pretrained weights need the defaults.
+
     Pretrained weights: the references load torchvision's ImageNet V1 weights
     (the legacy ``resnet50-19c8e357`` file; torchvision's ``IMAGENET1K_V1``
     is the same recipe); ``pretrained: true`` downloads ``IMAGENET1K_V1``,
@@ -40,7 +48,8 @@ MTAN (``deeplabv3_mtan``; Liu et al., CVPR 2019)
     soft-attention module (1x1 conv -> BN -> ReLU -> 1x1 conv -> BN ->
     sigmoid) computes a mask a_i from u_b (stage 1: 256 -> 64 -> 256) or from
     [u_b, p_{i-1}] (stages 2-4: 2c -> c/4 -> c); the attended feature is
-    p_i = a_i * u_t.  For i < 4, p_i passes a Bottleneck shared across tasks
+    p_i = a_i * u_t (so every stage needs at least two bottlenecks).  For i < 4,
+    p_i passes a Bottleneck shared across tasks
     (c_i -> c_{i+1}, stride 1, no dilation, as in the reference), after stage 1
     followed by a 2x max-pool (stride 4 -> 8).  Each task's p_4 (2048 ch,
     stride 8) feeds its own head.  The attention convs keep their bias, as in
@@ -48,8 +57,8 @@ MTAN (``deeplabv3_mtan``; Liu et al., CVPR 2019)
     them); their init (Kaiming fan-out, BN 1/0, zero bias) is ours.
 
 Precision: bf16 autocast + channels_last by default on CUDA and on CPUs with
-native bf16 kernels (measured faster there, see ``_cpu_has_bf16``), fp32
-otherwise; ``train.amp`` / ``train.channels_last`` override it.
+native bf16 kernels (``_cpu_has_bf16``; why: docs/BENCHMARKS.md, "DeepLabV3
+step"), fp32 otherwise; ``train.amp`` / ``train.channels_last`` override it.
 """
 from __future__ import annotations
 
@@ -71,8 +80,18 @@ from mtlbench.tasks import Task
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: channels of the per-layer features: stem, layer1..4
-RESNET50_CHANNELS = [64, 256, 512, 1024, 2048]
+#: ResNet-50's bottlenecks per stage (layer1..4) and stem width: the size options' defaults
+RESNET50_BLOCKS = [3, 4, 6, 3]
+RESNET50_WIDTH = 64
+
+
+def resnet_channels(width: int = RESNET50_WIDTH) -> list[int]:
+    """Channels of the per-layer features (stem, layer1..4) of a ResNet of stem width ``width``."""
+    return [width] + [4 * width * 2 ** i for i in range(4)]
+
+
+#: channels of the per-layer features of ResNet-50: stem, layer1..4
+RESNET50_CHANNELS = resnet_channels()
 
 
 @dataclass
@@ -85,16 +104,35 @@ class DeepLabV3Config:
     aspp_channels: int = option(256, ge=1)  # width of the ASPP branches and of the head's 3x3 conv
     aspp_rates: list[int] = option([12, 24, 36], ge=1, min_items=1)  # dilation of ASPP's 3x3 branches
     head_dropout: float = option(0.5, ge=0, lt=1)  # dropout after ASPP's projection (Auto-Lambda's copy: 0)
+    # The ResNet's size (defaults: ResNet-50). Added after records existed: at their
+    # defaults they stay out of the config hash.
+    blocks_per_stage: list[int] = option(RESNET50_BLOCKS, ge=1, min_items=4, hash_default=False)  # layer1..4
+    width: int = option(RESNET50_WIDTH, ge=1, hash_default=False)  # stem channels; stage i: width*2**(i-1)*4 out
 
     def validate(self) -> None:
         if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
             raise ValueError(f"pretrained_file {self.pretrained_file!r} must end in one of "
                              f"{', '.join(PRETRAINED_SUFFIXES)}")
+        if len(self.blocks_per_stage) != 4:
+            raise ValueError(f"blocks_per_stage holds the bottlenecks of the 4 stages (layer1..4), "
+                             f"got {self.blocks_per_stage}")
+        if (self.pretrained or self.pretrained_file) and self.is_resized():
+            raise ValueError(f"pretrained weights are ResNet-50's: blocks_per_stage {RESNET50_BLOCKS} "
+                             f"and width {RESNET50_WIDTH}, got {self.blocks_per_stage} and {self.width}")
+
+    def is_resized(self) -> bool:
+        return list(self.blocks_per_stage) != RESNET50_BLOCKS or self.width != RESNET50_WIDTH
 
 
 @dataclass
 class DeepLabV3MTANConfig(DeepLabV3Config):
     """Options of ``deeplabv3_mtan``: those of ``deeplabv3`` (the attention has none)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if any(n < 2 for n in self.blocks_per_stage):
+            raise ValueError(f"deeplabv3_mtan needs at least 2 bottlenecks per stage (its attention reads "
+                             f"the stage's all-but-last ones), got blocks_per_stage {self.blocks_per_stage}")
 
 
 # ---------------------------------------------------------------------------
@@ -111,12 +149,62 @@ def _download_state_dict() -> dict[str, torch.Tensor]:
     return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
 
 
-def build_dilated_resnet50(cfg: DeepLabV3Config) -> nn.Module:
-    """torchvision ResNet-50 at output stride 8, without avgpool/fc, weights as configured."""
-    from torchvision.models import resnet50
+class NarrowResNet(nn.Module):
+    """A dilated bottleneck ResNet of any stem width, at output stride 8 (no avgpool/fc).
 
-    net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-    del net.avgpool, net.fc
+    The structure of torchvision's ``ResNet(Bottleneck, blocks, replace_stride_with_dilation=
+    [False, True, True])`` with 64 replaced by ``width``: the same module names (``conv1``,
+    ``bn1``, ``relu``, ``maxpool``, ``layer1..4`` of torchvision ``Bottleneck`` blocks), strides,
+    dilations and initialisation (Kaiming fan-out convolutions, BatchNorm 1/0).  layer3 and
+    layer4 trade their stride 2 for dilation: the first block of each keeps the previous
+    dilation, the others get twice it (layer3: 1 then 2; layer4: 2 then 4).
+    """
+
+    def __init__(self, blocks: Sequence[int], width: int):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck
+
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        cin, dilation = width, 1
+        for i, (n, dilate) in enumerate(zip(blocks, (False, False, True, True)), start=1):
+            planes = width * 2 ** (i - 1)
+            stride = 1 if i == 1 else 2
+            first_dilation = dilation
+            if dilate:
+                dilation, stride = dilation * stride, 1
+            cout = planes * Bottleneck.expansion
+            down = None
+            if stride != 1 or cin != cout:
+                down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            stage = [Bottleneck(cin, planes, stride, down, dilation=first_dilation)]
+            stage += [Bottleneck(cout, planes, dilation=dilation) for _ in range(n - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
+            cin = cout
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def build_dilated_resnet(cfg: DeepLabV3Config) -> nn.Module:
+    """The dilated ResNet (output stride 8, no avgpool/fc) of ``cfg``'s size, weights as configured.
+
+    At width 64 torchvision's ``ResNet`` class builds it (the defaults: its ResNet-50, drawn
+    from the random stream exactly as ``resnet50(weights=None)``); otherwise :class:`NarrowResNet`.
+    """
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    blocks = [int(n) for n in cfg.blocks_per_stage]
+    if cfg.width == RESNET50_WIDTH:
+        net = ResNet(Bottleneck, blocks, replace_stride_with_dilation=[False, True, True])
+        del net.avgpool, net.fc
+    else:
+        net = NarrowResNet(blocks, cfg.width)
     sd = None
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file).expanduser()
@@ -142,14 +230,15 @@ def build_dilated_resnet50(cfg: DeepLabV3Config) -> nn.Module:
 
 
 class _ResNetEncoderBase(Encoder):
-    """Shared parts: the dilated ResNet-50, optional input normalisation, stage runner."""
+    """Shared parts: the dilated ResNet, optional input normalisation, stage runner."""
 
     def __init__(self, resnet: nn.Module, normalize: bool):
         super().__init__()
         self.resnet = resnet
         self.num_layers = 5
-        self.layer_channels = list(RESNET50_CHANNELS)
-        self.out_channels = RESNET50_CHANNELS[-1]
+        self.layer_channels = [resnet.conv1.out_channels] + [
+            getattr(resnet, f"layer{i}")[-1].conv3.out_channels for i in range(1, 5)]
+        self.out_channels = self.layer_channels[-1]
         self.normalize = normalize
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -231,7 +320,7 @@ class MTANEncoder(_ResNetEncoderBase):
         super().__init__(resnet, normalize)
         if not tasks:
             raise ValueError("MTANEncoder needs at least one task")
-        c = RESNET50_CHANNELS[1:]  # 256, 512, 1024, 2048
+        c = self.layer_channels[1:]  # ResNet-50: 256, 512, 1024, 2048
         self.attention = nn.ModuleDict({
             t: nn.ModuleList([_attention(c[0], c[0] // 4, c[0])]
                              + [_attention(2 * c[i], c[i] // 4, c[i]) for i in range(1, 4)])
@@ -418,11 +507,13 @@ class DeepLabV3Head(nn.Module):
 
 class _DeepLabFactoryBase(BackboneFactory):
     size_multiple = 8
-    # 16M-parameter ASPP heads make contract tests slow; the ResNet-50 stays whole.
-    test_overrides = {"aspp_channels": 16}
+    # The same architecture, shrunk for fast tests: two bottlenecks per stage (the fewest that
+    # keep the whole dilation pattern and MTAN's u_b/u_t split), stem width 8 (stage outputs
+    # 32..256 channels), ASPP heads 16 wide.
+    test_overrides = {"blocks_per_stage": [2, 2, 2, 2], "width": 8, "aspp_channels": 16}
 
     def head(self, task: Task) -> nn.Module:
-        return DeepLabV3Head(RESNET50_CHANNELS[-1], task.channels, channels=self.cfg.aspp_channels,
+        return DeepLabV3Head(resnet_channels(self.cfg.width)[-1], task.channels, channels=self.cfg.aspp_channels,
                              rates=self.cfg.aspp_rates, dropout=self.cfg.head_dropout)
 
     def default_amp(self, device_type: str) -> str:
@@ -436,12 +527,10 @@ class _DeepLabFactoryBase(BackboneFactory):
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX).
 
-    Measured with benchmarks/bench_cnn_step.py (288x384, batch 2, 2 threads, on
-    an AVX512-BF16 AMD EPYC): a training step with bf16 autocast and
-    channels_last took 1.67x (deeplabv3) and 1.30x (MTAN) less time than fp32;
-    bf16 without channels_last gained only 1.16x / 1.33x, channels_last
-    without bf16 lost (0.94x / 0.80x).  Without native bf16 the conversions
-    cost more than they save, so fp32 stays the default there.
+    With them, bf16 autocast + channels_last made a CNN training step faster than
+    fp32, channels_last alone did not (docs/BENCHMARKS.md, "DeepLabV3 step",
+    with the command); without them the conversions cost more than they save,
+    so fp32 stays the default there.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -451,13 +540,14 @@ def _cpu_has_bf16() -> bool:
 
 @BACKBONES.register("deeplabv3")
 class DeepLabV3(_DeepLabFactoryBase):
-    """DeepLabV3: dilated ResNet-50 (output stride 8) + one ASPP head per task."""
+    """DeepLabV3: dilated ResNet-50 (output stride 8; ``blocks_per_stage``/``width`` resize it)
+    + one ASPP head per task."""
 
     Config = DeepLabV3Config
     summary = "DeepLabV3: dilated ResNet-50 (OS 8) + ASPP heads; features: stem, layer1-4"
 
     def encoder(self, tasks):
-        return DilatedResNetEncoder(build_dilated_resnet50(self.cfg), self.cfg.normalize)
+        return DilatedResNetEncoder(build_dilated_resnet(self.cfg), self.cfg.normalize)
 
 
 @BACKBONES.register("deeplabv3_mtan", aliases=("mtan",))
@@ -468,4 +558,4 @@ class DeepLabV3MTAN(_DeepLabFactoryBase):
     summary = "MTAN on DeepLabV3's dilated ResNet-50: per-task stage attention + ASPP heads"
 
     def encoder(self, tasks):
-        return MTANEncoder(build_dilated_resnet50(self.cfg), self.cfg.normalize, list(tasks))
+        return MTANEncoder(build_dilated_resnet(self.cfg), self.cfg.normalize, list(tasks))

@@ -5,6 +5,9 @@ Backbone: timm's ``VisionTransformer`` in the ViT-tiny configuration (embedding
 image size so any input divisible by 16 works (position embeddings are
 interpolated).  Per-layer features are every block's patch tokens, as
 ``(B, 192, H/16, W/16)`` maps; the final features are the normed patch tokens.
+``depth``, ``embed_dim`` and ``num_heads`` (timm's own arguments) shrink the
+same architecture, e.g. for fast tests (``ViTTiny.test_overrides``); pretrained
+weights need their ViT-tiny values.
 
 Heads (Jacob et al., WACV 2023, §3.1 and Fig. 2), after Segmenter's mask
 transformer (Strudel et al., ICCV 2021):
@@ -19,10 +22,10 @@ transformer (Strudel et al., ICCV 2021):
   the MLP's hidden width (``reg_hidden``) and the LayerNorm on the masks are
   our choices.
 
-Sizes: with NYUv2's three heads the multi-task model has 8.61M parameters and a
-single-task network 6.55M (the encoder 5.52M, a head about 1M).  The paper
-reports 33M and 26M; its heads must be much wider than its description implies,
-and we found no reading of §3.1 that reaches those counts.
+Sizes (default options): with NYUv2's three heads the multi-task model has 8.61M
+parameters and a single-task network 6.55M (the encoder 5.52M, a head about 1M).
+The paper reports 33M and 26M; its heads must be much wider than its
+description implies, and we found no reading of §3.1 that reaches those counts.
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ from mtlbench.tasks import Task
 
 TIMM_NAME = "vit_tiny_patch16_224"
 PRETRAINED_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+#: ViT-tiny's architecture (timm's arguments): the defaults, and what pretrained weights need
+VIT_TINY_ARCH = {"depth": 12, "embed_dim": 192, "num_heads": 3}
+#: the heads' transformer layers get one attention head per this many channels (at least one)
+HEAD_DIM = 64
+
+
+def head_attention_heads(width: int) -> int:
+    """Attention heads of a mask-transformer head of ``width`` channels (3 at ViT-tiny's 192)."""
+    return max(1, width // HEAD_DIM)
 
 
 @dataclass
@@ -57,11 +69,31 @@ class ViTTinyConfig:
     head_dropout: float = option(0.1, ge=0, lt=1)  # dropout in the head's transformer layers (Segmenter: 0.1)
     n_reg_queries: int = option(128, ge=1)  # N_reg of the regression head (the paper: 128)
     reg_hidden: int = option(128, ge=1)  # hidden width of the regression head's MLP
+    # The encoder's size (timm's VisionTransformer arguments; the heads take its width).
+    # Added after records existed: at their defaults (ViT-tiny) they stay out of the config hash.
+    depth: int = option(12, ge=1, hash_default=False)  # transformer blocks (= per-layer features)
+    embed_dim: int = option(192, ge=1, hash_default=False)  # token width of the encoder and the heads
+    num_heads: int = option(3, ge=1, hash_default=False)  # attention heads of each encoder block
 
     def validate(self) -> None:
         if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
             raise ValueError(f"pretrained_file {self.pretrained_file!r} must end in one of "
                              f"{', '.join(PRETRAINED_SUFFIXES)}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        k = head_attention_heads(self.embed_dim)
+        if self.embed_dim % k:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by the heads' {k} attention "
+                             f"heads (one per {HEAD_DIM} channels), e.g. {HEAD_DIM * k}")
+        arch = self.arch()
+        if (self.pretrained or self.pretrained_file) and arch != VIT_TINY_ARCH:
+            changed = ", ".join(f"{k}={v} (ViT-tiny: {VIT_TINY_ARCH[k]})" for k, v in arch.items()
+                                if v != VIT_TINY_ARCH[k])
+            raise ValueError(f"pretrained weights are ViT-tiny's; {changed} cannot load them")
+
+    def arch(self) -> dict[str, int]:
+        """The encoder's timm arguments ``depth``, ``embed_dim``, ``num_heads``."""
+        return {"depth": self.depth, "embed_dim": self.embed_dim, "num_heads": self.num_heads}
 
 
 class ViTEncoder(Encoder):
@@ -117,10 +149,9 @@ def _attention_kernel_for_precision(module: nn.Module, args: tuple) -> None:
     """Forward pre-hook of timm's ``Attention``: under bf16 autocast on a CPU, the explicit
     products (``q @ k^T``, softmax, ``@ v``) instead of the fused SDPA kernel.
 
-    Measured on the 2-vCPU development VM (lscpu: Intel Xeon, avx512_bf16 and amx_bf16): the fused kernel's bf16 forward + backward took
-    1.5-4.4x the explicit path's time at ViT-tiny's shapes, and in a quick baseline step its bf16
-    backward alone cost 0.19 s of 0.72 s (fp32: 0.05 s); see docs/BENCHMARKS.md (throughput).
-    fp32 and CUDA keep the fused kernel (and timm's own choice, ``fused_attn``, stays the default).
+    The fused kernel's bf16 backward was the slower path on the CPUs we timed (figures and the
+    command in docs/BENCHMARKS.md, "Where a step goes, and the bf16 attention fix").  fp32 and
+    CUDA keep the fused kernel (and timm's own choice, ``fused_attn``, stays the default).
     """
     x = args[0]
     slow_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
@@ -156,7 +187,7 @@ class MaskTransformerHead(nn.Module):
         self.queries = nn.Parameter(torch.empty(1, n_queries, d))
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.blocks = nn.ModuleList(
-            [Block(d, num_heads=max(1, d // 64), mlp_ratio=4.0, qkv_bias=True,
+            [Block(d, num_heads=head_attention_heads(d), mlp_ratio=4.0, qkv_bias=True,
                    proj_drop=dropout) for _ in range(n_layers)])
         precision_aware_attention(self.blocks)
         self.norm = nn.LayerNorm(d)
@@ -189,7 +220,7 @@ class MaskTransformerHead(nn.Module):
 def _create_vit(cfg: ViTTinyConfig) -> nn.Module:
     import timm
 
-    kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=cfg.drop_path)
+    kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=cfg.drop_path, **cfg.arch())
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file).expanduser()
         hint = "point it at a timm ViT-tiny checkpoint (patch 16, dim 192; .safetensors, .pth or .bin)"
@@ -224,8 +255,11 @@ class ViTTiny(BackboneFactory):
     """ViT-tiny (timm, patch 16, dim 192, 12 blocks) with the paper's mask-transformer heads."""
 
     Config = ViTTinyConfig
-    summary = "ViT-tiny (timm) + the paper's mask-transformer heads; features: 12 blocks' tokens"
+    summary = "ViT-tiny (timm) + the paper's mask-transformer heads; features: every block's tokens"
     size_multiple = 16
+    # The same architecture, shrunk for fast tests: 2 blocks of width 64 (2 attention heads;
+    # the heads' two layers then have 1), 16 regression queries, a 16-wide regression MLP.
+    test_overrides = {"depth": 2, "embed_dim": 64, "num_heads": 2, "n_reg_queries": 16, "reg_hidden": 16}
 
     def encoder(self, tasks):
         enc = ViTEncoder(precision_aware_attention(_create_vit(self.cfg)), self.cfg.normalize)
@@ -241,7 +275,7 @@ class ViTTiny(BackboneFactory):
 
             # Heads built before any encoder: read the width off a weightless model.
             with torch.device("meta"):
-                dim = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0).embed_dim
+                dim = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, **self.cfg.arch()).embed_dim
             self._embed_dim = dim
         return dim
 

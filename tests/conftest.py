@@ -7,7 +7,9 @@ Fixtures for other test files:
   :data:`TOY_BACKBONE` for the test (removed afterwards) and yields the name, so
   configs, ``trainer.build`` and ``mtlbench run --backbone test_toy`` work with it;
 * ``toy_factory(tasks, **options)``: a :class:`ToyBackbone` directly (no registry);
-* ``smoke_config(method, backbone="vit_tiny", *sets)``: a resolved ``smoke`` preset config on CPU;
+* ``smoke_config(method, backbone="vit_tiny", *sets, full=False)``: a resolved ``smoke`` preset
+  config on CPU, the backbone shrunk by its ``test_overrides`` unless ``full``;
+* ``shrink_sets(backbone)`` (import from conftest): those overrides as ``--set`` strings;
 * ``nyu_tasks()``: the NYUv2 task set (13-class semseg, depth, normal);
 * ``tiny_batch(b=2, h=32, w=48, seed=0, tasks=None)``: a random batch with valid targets.
 """
@@ -243,16 +245,30 @@ def toy_backbone():
 # configs, tasks, batches
 # ---------------------------------------------------------------------------
 
+def shrink_sets(backbone: str) -> list[str]:
+    """``--set`` strings of ``backbone``'s ``test_overrides``: its architecture, shrunk (a few
+    narrow blocks, small heads) so a test builds and trains it in a fraction of a second."""
+    import json
+
+    from mtlbench.registry import BACKBONES
+
+    # JSON values are YAML flow values, which is how --set parses them
+    return [f"backbone.{k}={json.dumps(v)}" for k, v in BACKBONES.get(backbone).test_overrides.items()]
+
+
 @pytest.fixture(scope="session")
 def smoke_config():
-    """``make(method, backbone="vit_tiny", *sets)``: the resolved ``smoke`` preset on CPU."""
-    def make(method: str, backbone: str = "vit_tiny", *sets: str):
+    """``make(method, backbone="vit_tiny", *sets, full=False)``: the resolved ``smoke`` preset on
+    CPU, with the backbone shrunk by its ``test_overrides`` (``sets`` come after them and win);
+    ``full=True``: the backbone at its full (default) size."""
+    def make(method: str, backbone: str = "vit_tiny", *sets: str, full: bool = False):
         from mtlbench.config import resolve
 
+        shrink = [] if full else shrink_sets(backbone)
         return resolve(preset="smoke", flags=[("method.name", method, "--method"),
                                               ("backbone.name", backbone, "--backbone"),
                                               ("train.device", "cpu", "--device")],
-                       sets=list(sets))
+                       sets=[*shrink, *sets])
 
     return make
 

@@ -6,10 +6,14 @@ Cross-Stitch uses, and one baseline training step per backbone.  Pretrained
 weights of ``vit_tiny`` follow the same all-or-nothing rules and are tested
 here too, with its heads' input width.  Shape tests
 shrink the heads (``aspp_channels``); counts are taken on the meta device.
+The shrunk backbones (each factory's ``test_overrides``, which the contract
+tests and ``smoke_config`` use) are tested at the end: they build, train a
+step and keep the structure (dilation, MTAN's attention, layer channels).
 """
 from __future__ import annotations
 
 import math
+import re
 import socket
 
 import pytest
@@ -52,10 +56,9 @@ def test_registered_with_alias():
     assert BACKBONES.get("deeplabv3").size_multiple == 8
 
 
-def test_dilation_pattern(encoders):
-    # Facts §11: in layer3/4 no stride; the formerly strided 3x3 conv has
-    # dilation d/2, every other 3x3 conv d (d = 2 in layer3, 4 in layer4).
-    r = encoders["deeplabv3"].resnet
+def assert_dilation_pattern(r):
+    """Facts §11: in layer3/4 no stride; the formerly strided 3x3 conv has
+    dilation d/2, every other 3x3 conv d (d = 2 in layer3, 4 in layer4)."""
     for layer, d in ((r.layer3, 2), (r.layer4, 4)):
         assert layer[0].downsample[0].stride == (1, 1)
         for j, block in enumerate(layer):
@@ -64,7 +67,12 @@ def test_dilation_pattern(encoders):
             assert block.conv2.dilation == (want, want)
             assert block.conv2.padding == (want, want)
     assert r.layer2[0].conv2.stride == (2, 2) and r.layer2[0].conv2.dilation == (1, 1)
+    assert all(b.conv2.dilation == (1, 1) for b in [*r.layer1, *r.layer2])
     assert not hasattr(r, "fc") and not hasattr(r, "avgpool")
+
+
+def test_dilation_pattern(encoders):
+    assert_dilation_pattern(encoders["deeplabv3"].resnet)
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
@@ -240,12 +248,13 @@ def test_pretrained_file_loads(tmp_path):
     torch.manual_seed(123)
     ref = resnet50(weights=None)
     path = tmp_path / "resnet50.pth"
-    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, path)  # DataParallel prefix too
+    want = ref.state_dict()
+    torch.save({f"module.{k}": v for k, v in want.items()}, path)  # DataParallel prefix too
     for name in BACKBONE_NAMES:
         enc = factory(name, pretrained_file=str(path)).encoder(["semseg"])
         got = enc.resnet.state_dict()
         for k, v in got.items():
-            assert torch.equal(v, ref.state_dict()[k]), k
+            assert torch.equal(v, want[k]), k
         assert "fc.weight" not in got
 
 
@@ -306,10 +315,10 @@ def test_vit_pretrained_file_loads_pth_and_safetensors(tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "vit.safetensors"))
     for name in ("vit.pth", "vit.safetensors"):
         enc = _vit(pretrained_file=str(tmp_path / name)).encoder(["semseg"])
-        got = enc.vit.state_dict()
-        assert set(got) == {k for k in ref.state_dict() if not k.startswith("head.")}
+        got, want = enc.vit.state_dict(), ref.state_dict()
+        assert set(got) == {k for k in want if not k.startswith("head.")}
         for k, v in got.items():
-            assert torch.equal(v, ref.state_dict()[k]), (name, k)
+            assert torch.equal(v, want[k]), (name, k)
 
 
 def test_vit_pretrained_file_that_does_not_fit_is_an_error(tmp_path):
@@ -416,6 +425,7 @@ def test_layer_by_layer_and_stitching(encoders):
             mtan.mix_states([s, s], w)
 
 
+@pytest.mark.slow  # a full ResNet-50 step (30-60 s here); test_shrunk_backbone_trains_a_step is the fast one
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_baseline_training_step(name):
     torch.manual_seed(0)
@@ -432,3 +442,150 @@ def test_baseline_training_step(name):
     preds = method.deployable().eval()(batch["image"][:1])
     assert {t: tuple(p.shape) for t, p in preds.items()} == {
         t: (1, task.channels, 64, 64) for t, task in TASKS.items()}
+
+
+# ---------------------------------------------------------------------------
+# the shrunk backbones (test_overrides): the same architecture, small
+# ---------------------------------------------------------------------------
+
+SHRUNK_CHANNELS = [8, 32, 64, 128, 256]  # width 8: stem, then 4 * 8 * 2**i
+
+
+def shrunk(name, tasks=TASKS):
+    """A factory with ``name``'s test_overrides, validated as a user's --set would be."""
+    cls = BACKBONES.get(name)
+    return cls(build_dataclass(cls.Config, dict(cls.test_overrides), "backbone", {}), tasks)
+
+
+#: the size options, added after records existed
+SIZE_OPTIONS = {"vit_tiny": ("depth", "embed_dim", "num_heads"),
+                "deeplabv3": ("blocks_per_stage", "width"), "deeplabv3_mtan": ("blocks_per_stage", "width")}
+
+
+@pytest.mark.parametrize("name", list(SIZE_OPTIONS))
+def test_size_options_default_to_the_full_networks_and_stay_out_of_the_hash(name):
+    from mtlbench.config import config_hash, identity_data, resolve
+
+    dl, vit = BACKBONES.get("deeplabv3").Config(), BACKBONES.get("vit_tiny").Config()
+    assert (dl.blocks_per_stage, dl.width) == ([3, 4, 6, 3], 64)
+    assert (vit.depth, vit.embed_dim, vit.num_heads) == (12, 192, 3)
+    base = resolve(flags=[("backbone.name", name, "--backbone")])
+    assert set(SIZE_OPTIONS[name]) <= set(base.data["backbone"])  # recorded in full ...
+    assert not set(SIZE_OPTIONS[name]) & set(identity_data(base.data)["backbone"])  # ... hashed only off default
+    # a record written before the options existed (no such keys) keeps its identity
+    old = {**base.data, "backbone": {k: v for k, v in base.data["backbone"].items() if k not in SIZE_OPTIONS[name]}}
+    assert config_hash(old) == base.hash
+    overrides = BACKBONES.get(name).test_overrides
+    assert set(SIZE_OPTIONS[name]) <= set(overrides)
+    small = resolve(flags=[("backbone.name", name, "--backbone")],
+                    sets=[f"backbone.{k}={v}" for k, v in overrides.items()])
+    assert small.hash != base.hash  # a shrunk network is another setting
+    assert set(SIZE_OPTIONS[name]) <= set(identity_data(small.data)["backbone"])
+
+
+@pytest.mark.parametrize("name,sets,needle", [
+    ("deeplabv3", {"blocks_per_stage": [2, 2, 2]}, "at least 4 elements"),
+    ("deeplabv3", {"blocks_per_stage": [2, 2, 2, 2, 2]}, "the 4 stages"),
+    ("deeplabv3", {"blocks_per_stage": [2, 0, 2, 2]}, "blocks_per_stage"),
+    ("deeplabv3", {"width": 0}, "width"),
+    ("deeplabv3", {"width": 8, "pretrained": True}, "pretrained weights are ResNet-50's"),
+    ("deeplabv3_mtan", {"blocks_per_stage": [1, 1, 1, 1]}, "at least 2 bottlenecks per stage"),
+    ("vit_tiny", {"embed_dim": 64, "num_heads": 3}, "divisible by num_heads"),
+    ("vit_tiny", {"embed_dim": 129, "num_heads": 3}, "the heads' 2 attention heads"),
+    ("vit_tiny", {"depth": 0}, "backbone.depth"),
+    ("vit_tiny", {"depth": 2, "pretrained_file": "vit.pth"}, "depth=2 (ViT-tiny: 12)"),
+])
+def test_size_options_are_checked(name, sets, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        build_dataclass(BACKBONES.get(name).Config, sets, "backbone", {})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_narrow_resnet_is_torchvisions_structure_at_any_width():
+    """At width 64 the narrow builder gives ResNet-50's exact module tree and weight shapes, so
+    at other widths it is the same network, narrower."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from mtlbench.backbones.deeplab import NarrowResNet
+
+    with torch.device("meta"):
+        ours = NarrowResNet([3, 4, 6, 3], 64)
+        ref = ResNet(Bottleneck, [3, 4, 6, 3], replace_stride_with_dilation=[False, True, True])
+    del ref.avgpool, ref.fc
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert_dilation_pattern(ours)
+    for (n, a), (_, b) in zip(ours.named_modules(), ref.named_modules()):
+        if isinstance(a, torch.nn.Conv2d):
+            assert (a.stride, a.dilation, a.padding) == (b.stride, b.dilation, b.padding), n
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+@pytest.mark.usefixtures("one_thread")
+def test_shrunk_resnet_keeps_the_structure(name):
+    torch.manual_seed(0)
+    enc = shrunk(name).encoder(list(TASKS)).eval()
+    r = enc.resnet
+    assert [len(getattr(r, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert_dilation_pattern(r)
+    assert enc.layer_channels == SHRUNK_CHANNELS and enc.out_channels == 256
+    with torch.no_grad():
+        feats = enc(torch.rand(2, 3, 64, 64), return_layers=True)
+    sizes = [16, 16, 8, 8, 8]  # output stride 8, as the full network
+    assert [tuple(f.shape) for f in feats.layers] == [(2, c, s, s) for c, s in zip(SHRUNK_CHANNELS, sizes)]
+    finals = feats.final if isinstance(feats.final, dict) else {"": feats.final}
+    assert all(tuple(f.shape) == (2, 256, 8, 8) for f in finals.values())
+    if name == "deeplabv3_mtan":
+        assert set(finals) == set(TASKS)
+        assert set(enc.attention) == set(TASKS) and all(len(a) == 4 for a in enc.attention.values())
+        enc.train()
+        masks = enc.attention_masks(torch.rand(2, 3, 64, 64))
+        for t in TASKS:
+            assert [m.shape[1] for m in masks[t]] == SHRUNK_CHANNELS[1:]
+            assert all(bool((m > 0).all() and (m < 1).all()) for m in masks[t])
+        shared = {id(p) for p in enc.shared_parameters()}
+        assert not any(id(p) in shared for p in enc.attention.parameters())
+
+
+@pytest.mark.parametrize("name", [*BACKBONE_NAMES, "vit_tiny"])
+@pytest.mark.usefixtures("one_thread")
+def test_shrunk_backbone_trains_a_step_and_is_small(name):
+    torch.manual_seed(0)
+    cls = METHODS.get("baseline")
+    method = cls(cls.Config(), TASKS, shrunk(name)).train()
+    assert count_parameters(method.deployable()) < 1_000_000
+    batch = make_batch()
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    out = method.training_step(batch)
+    assert set(out.losses) == set(TASKS) and math.isfinite(float(out.loss.detach()))
+    method.backward(out)
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    before = [p.detach().clone() for p in method.parameters()]
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, method.parameters()) if p.grad is not None
+               and p.grad.abs().sum() > 0)
+    preds = method.deployable().eval()(batch["image"][:1])
+    assert {t: tuple(p.shape) for t, p in preds.items()} == {
+        t: (1, task.channels, 64, 64) for t, task in TASKS.items()}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_shrunk_vit_keeps_the_structure():
+    from timm.layers import Attention
+
+    f = shrunk("vit_tiny")
+    enc = f.encoder(list(TASKS))
+    assert len(enc.vit.blocks) == 2 and enc.num_layers == 2
+    assert enc.layer_channels == [64, 64] and enc.out_channels == 64 and f.embed_dim == 64
+    assert all(b.attn.num_heads == 2 for b in enc.vit.blocks)
+    with torch.no_grad():
+        feats = enc(torch.rand(2, 3, 32, 48), return_layers=True)
+    assert [tuple(x.shape) for x in feats.layers] == [(2, 64, 2, 3)] * 2
+    assert tuple(feats.final.shape) == (2, 64, 2, 3)
+    head = f.head(Depth())  # the paper's mask-transformer head, at the encoder's width
+    assert head.proj_in.in_features == 64 and len(head.blocks) == 2 and head.queries.shape == (1, 16, 64)
+    assert head.mlp[0].out_features == 16
+    assert all(m.num_heads == 1 for m in head.modules() if isinstance(m, Attention))
+    # a factory whose heads come before any encoder reads the width off the config
+    assert shrunk("vit_tiny").head(SemSeg(13)).proj_in.in_features == 64

@@ -5,8 +5,7 @@ phase, frozen teachers from an `stl` run, and OKD-MTL without AFD and OTW traini
 its multi-task network exactly as the baseline.
 
 Formula and gradient tests run on a tiny convolutional backbone built here
-(milliseconds); end-to-end tests train ``vit_tiny`` on the smoke preset with
-shrunk heads.
+(milliseconds); end-to-end tests train a shrunk ``vit_tiny`` on the smoke preset.
 """
 from __future__ import annotations
 
@@ -31,8 +30,11 @@ from mtlbench.methods.okd import (AFD_VARIANTS, OKD, OKDConfig, afd_loss, otw_ep
                                   otw_weights)
 
 TASKS = ("semseg", "depth", "normal")
-# Smoke data, one step per epoch, small heads: end-to-end runs in seconds.
+# Smoke data, one step per epoch, a shrunk ViT (2 blocks of width 64) with small heads:
+# end-to-end runs in seconds.
+VIT_DEPTH = 2
 SMALL = ["train.device=cpu", "train.batch_size=2", "train.max_steps_per_epoch=1",
+         f"backbone.depth={VIT_DEPTH}", "backbone.embed_dim=64", "backbone.num_heads=2",
          "backbone.head_layers=1", "backbone.n_reg_queries=8", "backbone.reg_hidden=16"]
 
 
@@ -446,13 +448,15 @@ def test_each_variant_trains_on_smoke_data(sets, tmp_path):
     logs = _log(rec, "epochs_file")[0]["logs"]
     assert logs["phase"] == "distill"  # smoke has one epoch: the warm-up is capped to 0
     if afd in ("ours", "softmax", "select_skip", "last_layer"):
-        n_layers = 1 if afd == "last_layer" else 12
+        n_layers = 1 if afd == "last_layer" else VIT_DEPTH
         assert set(logs["omega"]) == set(TASKS)
         assert all(len(v) == n_layers for v in logs["omega"].values())
     else:
         assert "omega" not in logs
     assert set(rec["metrics"]) == set(TASKS) and set(rec["extra_metrics"]["stl"]) == set(TASKS)
-    assert rec["params"]["training_system"] > 3 * rec["params"]["deployable"]
+    # the multi-task network + one single-task network per task: the deployable network plus
+    # two more encoders and its heads again, so more than twice it at any backbone size
+    assert rec["params"]["training_system"] > 2 * rec["params"]["deployable"]
     assert rec["method_info"]["warmup_epochs"] == 0
 
 
@@ -556,5 +560,6 @@ def test_pretrained_teachers_load_an_stl_run_and_stay_frozen(tmp_path):
     assert not any(p.requires_grad for p in s.method.stl.parameters())
     s.method.train()
     assert not s.method.stl.training and s.method.model.training
+    loaded = s.method.state_dict()
     for k, v in stl_state.items():
-        assert torch.equal(s.method.state_dict()[k.replace("model.", "stl.", 1)], v), k
+        assert torch.equal(loaded[k.replace("model.", "stl.", 1)], v), k

@@ -10,45 +10,86 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import shrink_sets  # noqa: E402
 from mtlbench.config import resolve
 from mtlbench.trainer import autocast_ctx, build, evaluate, train, TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _smoke(backbone: str = "vit_tiny", *sets: str):
+def _smoke(backbone: str = "vit_tiny", *sets: str, full: bool = False):
+    """The smoke preset's baseline on CPU, the backbone shrunk (its ``test_overrides``) unless ``full``."""
+    shrink = [] if full else shrink_sets(backbone)
     return resolve(preset="smoke", flags=[("method.name", "baseline", "--method"),
                                           ("backbone.name", backbone, "--backbone"),
-                                          ("train.device", "cpu", "--device")], sets=list(sets))
+                                          ("train.device", "cpu", "--device")], sets=[*shrink, *sets])
 
 
 def _fixed_batch(s, n: int = 4) -> dict:
     return next(iter(DataLoader(s.val_set, batch_size=n, shuffle=False)))
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny"])
-def test_bf16_and_fp32_give_the_same_predictions_within_tolerance(backbone, one_thread):
-    torch.manual_seed(0)
-    s = build(_smoke(backbone, "train.amp=fp32"))
-    net = s.method.deployable().eval()
-    batch = _fixed_batch(s)
+def _fp32_and_bf16(s, net, batch) -> tuple[dict, dict]:
     with torch.no_grad():
         ref = net(batch["image"])
         with autocast_ctx(s.device, "bf16"):
             low = net(batch["image"])
     assert set(ref) == set(low) == {"semseg", "depth", "normal"}
+    return ref, low
+
+
+def _relative_errors(ref: dict, low: dict) -> dict[str, float]:
+    """Relative L2 error of each task's bf16 output against the fp32 one."""
+    rel = {}
     for task in ref:
-        a, b = ref[task].float(), low[task].float()
-        assert b.dtype == torch.float32 and a.shape == b.shape
-        rel = (a - b).norm() / a.norm()
-        assert rel < 0.05, f"{task}: bf16 differs from fp32 by {rel:.3f} (relative L2)"
-    agree = (ref["semseg"].argmax(1) == low["semseg"].argmax(1)).float().mean()
-    assert agree > 0.9, f"bf16 changes {100 * (1 - agree):.1f}% of the segmentation labels"
-    # and the metrics of the two precisions agree too (what a table would show)
+        a, b = ref[task], low[task].float()
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        rel[task] = float((a - b).norm() / a.norm())
+    return rel
+
+
+# Only what does not depend on which bf16 kernels the processor has (AMX, AVX512-BF16 or none:
+# every one rounds the operands to bf16 and accumulates in fp32): the size of the raw outputs'
+# error, not the argmax of an untrained network, whose near-equal logits any rounding can swap
+# (its mIoU differed by 0.07 points between the precisions on one CPU, not on another).
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["shrunk", "full"])
+def test_bf16_and_fp32_raw_outputs_agree_within_tolerance(full, one_thread):
+    torch.manual_seed(0)
+    s = build(_smoke("vit_tiny", "train.amp=fp32", full=full))
+    net = s.method.deployable().eval()
+    ref, low = _fp32_and_bf16(s, net, _fixed_batch(s))
+    for task, rel in _relative_errors(ref, low).items():
+        # measured: at most 0.02 (shrunk) and 0.035 (full ViT-tiny); a broken bf16 path gives ~1
+        assert rel < 0.06, f"{task}: bf16 differs from fp32 by {rel:.3f} (relative L2)"
+
+
+def test_bf16_keeps_a_trained_networks_predictions_and_metrics(one_thread):
+    """On a network fitted to the batch (decisive logits), bf16 keeps the labels and the
+    metrics a table would show."""
+    torch.manual_seed(0)
+    s = build(_smoke("vit_tiny", "train.amp=fp32", "backbone.head_dropout=0.0"))
+    batch = _fixed_batch(s)
+    opt = torch.optim.AdamW(s.method.parameters(), lr=3e-3)
+    s.method.train()
+    for _ in range(25):
+        opt.zero_grad()
+        out = s.method.training_step(batch)
+        out.loss.backward()
+        opt.step()
+    net = s.method.deployable().eval()
+    ref, low = _fp32_and_bf16(s, net, batch)
+    top2 = ref["semseg"].topk(2, dim=1).values
+    assert float((top2[:, 0] - top2[:, 1]).median()) > 0.5, "not fitted: the labels are still a coin toss"
+    for task, rel in _relative_errors(ref, low).items():
+        assert rel < 0.03, f"{task}: bf16 differs from fp32 by {rel:.3f} (relative L2)"  # measured <= 0.005
+    agree = float((ref["semseg"].argmax(1) == low["semseg"].argmax(1)).float().mean())
+    assert agree >= 0.99, f"bf16 changes {100 * (1 - agree):.1f}% of the segmentation labels"
     m32 = evaluate(net, s.tasks, [batch], s.device, "fp32")
     m16 = evaluate(net, s.tasks, [batch], s.device, "bf16")
-    assert m32["depth"]["abs_err"] == pytest.approx(m16["depth"]["abs_err"], rel=0.05)
-    assert m32["semseg"]["miou"] == pytest.approx(m16["semseg"]["miou"], abs=0.05)
+    assert m16["semseg"]["miou"] == pytest.approx(m32["semseg"]["miou"], abs=1.0)  # percent
+    assert m16["semseg"]["pacc"] == pytest.approx(m32["semseg"]["pacc"], abs=1.0)
+    assert m16["depth"]["abs_err"] == pytest.approx(m32["depth"]["abs_err"], rel=0.02)
+    assert m16["normal"]["mean"] == pytest.approx(m32["normal"]["mean"], abs=0.5)  # degrees
 
 
 def test_compile_is_a_runtime_option_outside_the_config_hash():
@@ -57,14 +98,11 @@ def test_compile_is_a_runtime_option_outside_the_config_hash():
     assert a.hash == b.hash
 
 
-@pytest.mark.parametrize("backbone,units", [("vit_tiny", 1 + 12), ("deeplabv3", 3 + 4 + 6 + 3)])
+# shrunk backbones (test_overrides): ViT with 2 blocks, ResNet with 2 bottlenecks per stage
+@pytest.mark.parametrize("backbone,units", [("vit_tiny", 1 + 2), ("deeplabv3", 2 + 2 + 2 + 2)])
 def test_compile_wraps_the_encoder_blocks_and_the_heads_in_place(backbone, units):
-    if backbone == "deeplabv3":
-        sets = ("dataset.image_size=[32,32]",)
-    else:
-        sets = ()
-    plain = build(_smoke(backbone, *sets))
-    s = build(_smoke(backbone, "train.compile=true", *sets))
+    plain = build(_smoke(backbone))
+    s = build(_smoke(backbone, "train.compile=true"))
     mods = s.method.compile_modules()
     assert len(mods) == units + len(s.tasks)  # the encoder's units and one head per task
     assert all(m._compiled_call_impl is not None for m in mods)
@@ -74,10 +112,10 @@ def test_compile_wraps_the_encoder_blocks_and_the_heads_in_place(backbone, units
 
 
 def test_mtan_compiles_its_attention_and_transfer_modules_too():
-    s = build(_smoke("deeplabv3_mtan", "dataset.image_size=[32,32]"))
+    s = build(_smoke("deeplabv3_mtan"))
     n_tasks = len(s.tasks)
-    # 16 bottlenecks, 3 transfer blocks, 4 attention modules per task, one head per task
-    assert len(s.method.compile_modules()) == 16 + 3 + 4 * n_tasks + n_tasks
+    # 8 bottlenecks (shrunk: 2 per stage), 3 transfer blocks, 4 attention modules per task, one head per task
+    assert len(s.method.compile_modules()) == 8 + 3 + 4 * n_tasks + n_tasks
 
 
 @pytest.mark.slow
@@ -102,7 +140,8 @@ def test_compile_trains_a_smoke_run_and_predicts_as_eager(tmp_path, one_thread):
 
 def test_throughput_benchmark_smoke_mode_prints_flops_and_ceilings(capsys, one_thread):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "bench_throughput.py"))
-    assert mod["main"](["--smoke", "--threads", "1", "--methods", "baseline,uw", "--modes", "fp32,bf16"]) == 0
+    shrink = [a for s in shrink_sets("vit_tiny") for a in ("--set", s)]  # what is printed does not need full size
+    assert mod["main"](["--smoke", "--threads", "1", "--methods", "baseline,uw", "--modes", "fp32,bf16", *shrink]) == 0
     text = capsys.readouterr().out
     assert re.search(r"matmul ceilings .*fp32 \d+, bf16 \d+", text), text
     rows = {}
@@ -113,7 +152,10 @@ def test_throughput_benchmark_smoke_mode_prints_flops_and_ceilings(capsys, one_t
     assert set(rows) == {("baseline", "fp32"), ("baseline", "bf16"), ("uw", "fp32"), ("uw", "bf16")}
     for parts in rows.values():
         gflop, s_step, gflops = float(parts[2]), float(parts[3]), float(parts[4])
-        assert gflop > 0 and s_step > 0 and gflops == pytest.approx(gflop / s_step, rel=0.05, abs=0.1)
+        assert gflop > 0 and s_step > 0
+        # GFLOP/s = GFLOP / (s/step), up to the printed rounding (GFLOP and GFLOP/s to 0.1, s to 0.001)
+        lo, hi = (gflop - 0.05) / (s_step + 0.0005), (gflop + 0.05) / max(s_step - 0.0005, 1e-9)
+        assert lo - 0.05 <= gflops <= hi + 0.05, (parts, lo, hi)
     # the same step in either precision has nearly the same FLOPs (under CPU bf16 the ViT's attention
     # runs as explicit products, whose backward the counter counts as 4 products, not SDPA's 5)
     assert float(rows[("baseline", "bf16")][2]) == pytest.approx(float(rows[("baseline", "fp32")][2]), rel=0.05)
@@ -155,7 +197,7 @@ def test_vit_attention_takes_the_explicit_path_only_under_cpu_bf16(one_thread):
     s = build(_smoke("vit_tiny", "train.amp=fp32"))
     net = s.method.deployable().eval()
     attns = [m for m in net.modules() if isinstance(m, Attention)]
-    assert len(attns) == 12 + 2 * len(s.tasks)  # the encoder's blocks and each head's two layers
+    assert len(attns) == 2 + 2 * len(s.tasks)  # the (shrunk) encoder's 2 blocks and each head's two layers
     x = _fixed_batch(s)["image"]
     with torch.no_grad():
         net(x)
