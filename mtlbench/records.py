@@ -260,13 +260,14 @@ def report_epoch(epochs: list[dict], rule: str, reportable=lambda epoch: True) -
     raise UserError(f"train.report must be last or best_train_loss, got {rule!r}")
 
 
-def make_record(cfg, paths: RunPaths, *, chosen: dict, epochs: list[dict], dataset_family: str,
+def make_record(cfg, paths: RunPaths, *, epochs: list[dict], reportable, dataset_family: str,
                 tasks: dict, schedule: dict, params: dict, timing: dict, memory: dict, device: dict,
                 method_info: dict) -> dict:
     """A finished run's record (schema :data:`SCHEMA_VERSION`), as strict JSON.
 
-    ``chosen``: the reported epoch row (:func:`report_epoch`); ``epochs``: every
-    epoch's full row; the rest is what the trainer measured, as the schema names it.
+    ``epochs``: every epoch's full row; the reported one is chosen by ``train.report``
+    among those ``reportable(epoch)`` allows (:func:`report_epoch`).  The rest is what
+    the trainer measured, under the names the schema gives it.
     """
     import platform
 
@@ -276,6 +277,7 @@ def make_record(cfg, paths: RunPaths, *, chosen: dict, epochs: list[dict], datas
     from . import __version__
     from .provenance import source_commit
 
+    chosen = report_epoch(epochs, cfg.train.report, reportable)
     metrics = chosen["metrics"]
     return strict_json({
         "schema": SCHEMA_VERSION,
@@ -304,10 +306,11 @@ def make_record(cfg, paths: RunPaths, *, chosen: dict, epochs: list[dict], datas
     })
 
 
-def write_record(paths: RunPaths, record: dict, epochs: list[dict]) -> dict:
-    """Write a finished run's files: the step log moved beside the record, every epoch's full
-    row beside it, then the record (last, so a record never lacks its logs).  Returns the record
-    with its ``_path``."""
+def write_record(paths: RunPaths, record: dict, epochs: list[dict], final_state: dict) -> dict:
+    """Write a finished run's files: its final weights (``final_state``), the step log moved
+    beside the record, every epoch's full row beside it, then the record (last, so a record
+    never lacks its files); the resume checkpoint goes.  Returns the record with its ``_path``."""
+    atomic_torch_save(paths.final, final_state)
     paths.steps.parent.mkdir(parents=True, exist_ok=True)
     if paths.steps_tmp.exists():
         os.replace(paths.steps_tmp, paths.steps)
@@ -315,6 +318,7 @@ def write_record(paths: RunPaths, record: dict, epochs: list[dict]) -> dict:
         paths.steps.write_text("")
     atomic_write_bytes(paths.epochs, _jsonl(epochs).encode())
     atomic_write_json(paths.record, record)
+    paths.last.unlink(missing_ok=True)
     return {**record, "_path": str(paths.record)}
 
 

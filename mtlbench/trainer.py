@@ -36,7 +36,7 @@ from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
 from .progress import Progress
-from .records import RunPaths, StepLog, atomic_torch_save, make_record, report_epoch, write_record
+from .records import RunPaths, StepLog, atomic_torch_save, make_record, write_record
 from .registry import DATASETS, assemble
 from .runs import RunContext, RunLock
 
@@ -380,10 +380,11 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     set up (or resume), the epochs, then the record.
     """
     opts = opts or TrainOptions()
-    paths = RunPaths.for_config(cfg, opts.out)
     check_out_dir(Path(opts.out))
+    paths = RunPaths.for_config(cfg, opts.out)
     with RunLock(paths.lock, paths.rel.as_posix()):
-        run = Training(cfg, opts, paths, resume_state(paths, opts))
+        state = resume_state(paths, opts)
+        run = Training(cfg, opts, paths, state)
         run.fit()
         return run.finish()
 
@@ -653,18 +654,18 @@ class Training:
     # --- the end ------------------------------------------------------------
 
     def finish(self) -> dict:
-        """Measure the trained model, write the final weights and the record; return the record."""
+        """Measure the trained model, then write its final weights and the record; return the record."""
         s, method, cfg = self.s, self.method, self.cfg
         wall_s = self.wall_time()
-        chosen = report_epoch(self.epochs, cfg.train.report, method.reportable)
         sample = next(iter(self.val_loader))["image"].to(s.device)
         if s.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
         latency = inference_latency_ms(method.deployable(), sample, s.device, s.amp)
+        memory = peak_memory_mb(s.device)
         dev_name = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda"
                     else platform.processor() or platform.machine())
         record = make_record(
-            cfg, self.paths, chosen=chosen, epochs=self.epochs,
+            cfg, self.paths, epochs=self.epochs, reportable=method.reportable,
             dataset_family=getattr(s.dataset, "family", "") or cfg.name("dataset"), tasks=s.tasks,
             schedule={"epochs": cfg.train.epochs, "leading_epochs": self.lead,
                       "steps_per_epoch": self.steps_per_epoch},
@@ -672,14 +673,11 @@ class Training:
             timing={"wall_s": round(wall_s, 2), "train_s": round(self.train_time, 2),
                     "train_images_per_s": round(self.images_seen / max(self.train_time, 1e-9), 2),
                     "inference_ms_per_image": round(latency, 3)},
-            memory=peak_memory_mb(s.device),
+            memory=memory,
             device={"type": s.device.type, "name": dev_name, "amp": s.amp, "channels_last": s.channels_last,
                     "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile)},
             method_info=method.summary_info())
-        atomic_torch_save(self.paths.final, {"model": method.state_dict(), "config": cfg.data})
-        record = write_record(self.paths, record, self.epochs)
-        self.paths.last.unlink(missing_ok=True)
-        return record
+        return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
 
 
 def _metric_value(metrics: dict, name: str):

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
 from ..records import BadRecord, RecordStore, command_for, run_command, same_value, yaml_scalar
