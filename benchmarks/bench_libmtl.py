@@ -383,7 +383,7 @@ class OursRunner(Runner):
         self.step_no = 0
 
     def step(self) -> None:
-        # What the trainer does per batch (mtlbench.trainer._train), minus data loading and logging.
+        # What the trainer does per batch (mtlbench.trainer.Training.step), minus data loading and logging.
         optimizer_step(self.method, self.optim, self.batch, self.s.device, self.s.amp)
         self.optim.schedule()
         self.method.after_step(self.step_no, self.batch)

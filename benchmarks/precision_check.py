@@ -24,7 +24,7 @@ import json
 
 from mtlbench.config import identity_data
 from mtlbench.delta import delta, directions_of
-from mtlbench.runs import iter_records
+from mtlbench.records import RecordStore
 from mtlbench.stats import summarize, t_interval
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     groups: dict[str, dict[str, dict[int, dict]]] = {}
-    for rec in iter_records(args.out):
+    for rec in RecordStore.scan(args.out):
         cfg = rec.get("config", {})
         if (cfg.get("method", {}).get("name") != args.method or cfg.get("backbone", {}).get("name") != args.backbone
                 or cfg.get("preset") != args.preset or not rec.get("metrics")):

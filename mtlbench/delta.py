@@ -33,13 +33,19 @@ Example::
             "depth": {"abs_err": 0.4112, "rel_err": 0.1701}}
     delta(ours, baseline, directions)           # a float, in percent
     per_task_delta(ours, baseline, directions)  # {"semseg": ..., "depth": ...}
+
+The Δ a finished run prints (:func:`reference_delta`) is against the run of
+the same setting of the registered method that declares itself the reference
+(:func:`delta_reference`: ``Method.is_delta_reference``), found in the results
+directory by :class:`mtlbench.records.RecordStore`.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
-__all__ = ["delta", "per_task_delta", "directions_of"]
+__all__ = ["delta", "per_task_delta", "directions_of", "delta_reference", "reference_delta"]
 
 Results = Mapping[str, Mapping[str, float]]
 Directions = Mapping[str, Mapping[str, bool]]
@@ -146,3 +152,38 @@ def delta(results: Results, reference: Results, directions: Directions | None = 
             "expected {task: {metric: value}} dicts with matching task and metric keys"
         )
     return sum(per_task.values()) / len(per_task)
+
+
+# ---------------------------------------------------------------------------
+# the reference run of a finished run
+# ---------------------------------------------------------------------------
+
+def delta_reference() -> str | None:
+    """The registered method Δ is measured against at the end of a run (``Method.is_delta_reference``)."""
+    from .registry import METHODS
+
+    refs = [e.name for e in METHODS.entries() if getattr(e.obj, "is_delta_reference", False)]
+    return refs[0] if refs else None
+
+
+def reference_delta(record: Mapping, out: str | Path, reference: str | None = None) -> tuple[float | None, str]:
+    """Δ of a record against the reference method's run of the same setting under results
+    directory ``out``.
+
+    Returns ``(delta, the reference record's path)``, or ``(None, why not)``.
+    """
+    from .records import RecordStore
+
+    reference = reference or delta_reference()
+    if reference is None:
+        return None, "no registered method is marked as the Δ reference"
+    if record["method"] == reference:
+        return None, f"this is the {reference} run"
+    like = record["config"]
+    refs = RecordStore.scan_method(out, reference, like).find(reference, like)
+    if not refs:
+        return None, f"no {reference} record of this setting yet"
+    try:
+        return delta(record["metrics"], refs[0]["metrics"], directions_of(record)), refs[0]["_path"]
+    except ValueError as exc:  # e.g. a reference metric of 0 after a very short run
+        return None, str(exc)

@@ -24,7 +24,6 @@ written with the non-interactive Agg backend, as PNG or PDF.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import json
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import UserError
+from .records import method_defaults, newest_first  # noqa: F401  (newest_first: figure code's)
 
 FORMATS = ("png", "pdf")
 #: the per-step keys every row has (not values to draw)
@@ -64,14 +64,11 @@ def warn(text: str) -> None:
 # ---------------------------------------------------------------------------
 
 def _read_dir(directory: Path, on_unreadable: Callable[[str], None]) -> list[dict]:
-    from .runs import read_record
+    from .records import read_dir
 
-    recs = []
-    for p in sorted(directory.rglob("*.json")):
-        try:
-            recs.append(read_record(p))
-        except UserError as exc:
-            on_unreadable(f"skipped an unreadable run record: {str(exc).splitlines()[0]}")
+    recs, problems = read_dir(directory)
+    for bad in problems:
+        on_unreadable(f"skipped an unreadable run record: {bad.problem}")
     return recs
 
 
@@ -83,7 +80,7 @@ def load_runs(paths: Sequence[str | Path] | None, results: str | Path = "results
     while searching a directory is reported through ``on_unreadable`` (a
     warning on stderr by default) with its path, and left out.
     """
-    from .runs import read_record
+    from .records import read_record
 
     if not paths:
         root = Path(results) / "runs"
@@ -114,7 +111,7 @@ def _beside(rec: dict, name: str, what: str) -> Path:
     if "_path" not in rec:
         raise UserError(f"run record {rec.get('id', '?')} keeps its {what} in {name} beside it, but the "
                         "record's location is unknown",
-                        hint="load records with mtlbench.runs.read_record (it notes their path)")
+                        hint="load records with mtlbench.records.read_record (it notes their path)")
     return Path(rec["_path"]).parent / name
 
 
@@ -172,7 +169,7 @@ def epoch_rows(rec: dict) -> list[dict]:
         try:
             return read_jsonl(_beside(rec, name, "epoch log"), "epoch log")
         except UserError as exc:
-            warn(f"{str(exc).splitlines()[0]}; using the epochs kept in the record")
+            warn(f"{exc.message.splitlines()[0]}; using the epochs kept in the record")
     return hist.get("epochs") or []
 
 
@@ -181,24 +178,13 @@ def safe_step_rows(rec: dict) -> list[dict]:
     try:
         return step_rows(rec)
     except UserError as exc:
-        warn(f"{rec.get('_path', rec.get('id', '?'))}: {str(exc).splitlines()[0]}")
+        warn(f"{rec.get('_path', rec.get('id', '?'))}: {exc.message.splitlines()[0]}")
         return []
 
 
 def logs_step_key(rec: dict, prefix: str) -> bool:
     """Whether any logged step of ``rec`` has a key starting with ``prefix``."""
     return any(k.startswith(prefix) for s in safe_step_rows(rec) for k in s)
-
-
-def method_defaults(method: str) -> dict | None:
-    """The default options of a registered method, or None when it is not registered."""
-    from .registry import METHODS
-
-    try:
-        cfg_cls = METHODS.get(method).Config
-        return dataclasses.asdict(cfg_cls()) if dataclasses.is_dataclass(cfg_cls) else {}
-    except (UserError, TypeError, AttributeError):
-        return None
 
 
 def method_options(rec: dict) -> dict:
@@ -225,10 +211,6 @@ def family_of(rec: dict) -> str:
     """The real dataset a run's data follows (``dataset_family``; older records: variant or name)."""
     return (rec.get("dataset_family") or ((rec.get("config") or {}).get("dataset") or {}).get("variant")
             or rec.get("dataset") or "")
-
-
-def newest_first(records: Iterable[dict]) -> list[dict]:
-    return sorted(records, key=lambda r: r.get("created", ""), reverse=True)
 
 
 def run_label(rec: dict, fields: Sequence[str] = ()) -> str:

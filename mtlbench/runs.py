@@ -1,140 +1,36 @@
-"""Run identity, result records, checkpoints, and finding and loading earlier runs.
+"""A run as methods and the trainer see it: its lock, its context, and finished runs to load.
 
-A run is identified by (dataset, backbone, method, seed, config hash).  Its
-record lives at ``<out>/runs/<dataset>/<backbone>/<method>/seed<S>-<hash>.json``
-and its checkpoints under ``<out>/checkpoints/`` at the same relative path.
-Records and checkpoints are written atomically: to a temporary file in the same
-directory, flushed and fsynced, then renamed over the target, so a crash never
-leaves a half-written file.  The schema is documented in ``results/README.md``.
+* :class:`RunLock`: the exclusive lock a run holds while it trains;
+* :class:`RunContext`: the run's identity and results directory, handed to
+  methods (``TrainContext.run``) to find the records of other runs of the
+  same setting (:class:`mtlbench.records.RecordStore`) and to load them;
+* :func:`load_trained_method`, :func:`load_task_networks`: a finished run's
+  weights, rebuilt from its record.
+
+Records themselves (schema, paths, building, writing, reading, matching) are
+:mod:`mtlbench.records`; the names methods import from here
+(:class:`~mtlbench.records.RunPaths`, :func:`~mtlbench.records.atomic_write_json`,
+...) are that module's.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import shlex
 import socket
-import subprocess
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
 
-from .config import ResolvedConfig, resolve
+from .config import ResolvedConfig
 from .errors import UserError
+from .records import (RecordStore, RunPaths, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+                      checkpoint_of, command_for, read_record, setting_differences, strict_json)
 
-SCHEMA_VERSION = 2
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_target(path) as tmp:
-        Path(tmp).write_bytes(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (NaN and infinities become null)."""
-    atomic_write_bytes(path, (json.dumps(strict_json(obj), indent=1, sort_keys=False, allow_nan=False,
-                                         default=_json_default) + "\n").encode())
-
-
-def strict_json(obj: Any) -> Any:
-    """``obj`` with NaN and infinite floats as None, so it is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    import torch
-
-    with _atomic_target(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _json_default(o: Any):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a run's record and checkpoints go."""
-
-    out: Path
-    rel: Path  # <dataset>/<backbone>/<method>/seed<S>-<hash>
-
-    @classmethod
-    def for_config(cls, cfg: ResolvedConfig, out: str | Path) -> "RunPaths":
-        rel = (Path(cfg.name("dataset")) / cfg.name("backbone") / cfg.name("method")
-               / f"seed{cfg.seed}-{cfg.hash}")
-        return cls(Path(out), rel)
-
-    @property
-    def record(self) -> Path:
-        return self.out / "runs" / self.rel.with_suffix(".json")
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out / "checkpoints" / self.rel
-
-    @property
-    def last(self) -> Path:
-        return self.ckpt_dir / "last.pt"
-
-    @property
-    def final(self) -> Path:
-        return self.ckpt_dir / "final.pt"
-
-    @property
-    def steps(self) -> Path:
-        """The per-step log (JSON Lines) beside the record."""
-        return self.record.with_name(self.record.stem + ".steps.jsonl")
-
-    @property
-    def epochs(self) -> Path:
-        """Every epoch's full row (JSON Lines) beside the record."""
-        return self.record.with_name(self.record.stem + ".epochs.jsonl")
-
-    @property
-    def steps_tmp(self) -> Path:
-        """The per-step log while the run trains (moved to :attr:`steps` at the end)."""
-        return self.ckpt_dir / "steps.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        """The run's lock file, beside its checkpoint directory."""
-        return self.ckpt_dir.with_name(self.ckpt_dir.name + ".lock")
+__all__ = ["RunLock", "RunLocked", "RunContext", "checkpoint_of", "load_trained_method",
+           "load_task_networks", "same_setting",
+           # records' names, importable from here as before
+           "RunPaths", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "command_for",
+           "read_record", "strict_json"]
 
 
 # ---------------------------------------------------------------------------
@@ -226,123 +122,11 @@ class RunLock:
                                    "skipped), or stop that process and resume with --resume")
 
 
-def read_record(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        rec = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"run record {str(p)!r} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"run record {str(p)!r} is not valid JSON: {exc}",
-                        hint="delete it and run again") from exc
-    if not isinstance(rec, dict) or "config" not in rec or "metrics" not in rec:
-        raise UserError(f"{str(p)!r} is not an mtlbench run record (no config/metrics)")
-    rec["_path"] = str(p)
-    return rec
-
-
-def iter_records(out: str | Path) -> Iterator[dict]:
-    """Every readable record under ``<out>/runs`` (broken files are skipped)."""
-    root = Path(out) / "runs"
-    if not root.is_dir():
-        return
-    for p in sorted(root.rglob("*.json")):
-        try:
-            yield read_record(p)
-        except UserError:
-            continue
-
-
-def _comparable(data: dict, section: str) -> Any:
-    """A config section as it identifies a run: runtime keys dropped, and options
-    added later (``hash_default=False``) dropped while at their default."""
-    from .config import identity_data
-
-    sec = identity_data(data).get(section)
-    return sec
-
-
-def same_setting(a: dict, b: dict, sections=("dataset", "backbone", "train")) -> bool:
-    """Whether two resolved configs share dataset, backbone, training recipe, preset and seed."""
-    if a.get("seed") != b.get("seed") or a.get("preset") != b.get("preset"):
-        return False
-    return all(_comparable(a, s) == _comparable(b, s) for s in sections)
-
-
-def find_runs(out: str | Path, method: str, like: dict, method_config: dict | None = None) -> list[dict]:
-    """Records of ``method`` run in the same setting as config ``like`` (newest first).
-
-    ``method_config``, when given, must match the record's method section too
-    (all keys but ``name``).
-    """
-    found = []
-    base = Path(out) / "runs" / like["dataset"]["name"] / like["backbone"]["name"] / method
-    if not base.is_dir():
-        return []
-    for p in base.glob(f"seed{like['seed']}-*.json"):
-        try:
-            rec = read_record(p)
-        except UserError:
-            continue
-        if not same_setting(rec["config"], like):
-            continue
-        if method_config is not None:
-            mine = {k: v for k, v in rec["config"]["method"].items() if k != "name"}
-            if any(mine.get(k) != v for k, v in method_config.items()):
-                continue
-        found.append(rec)
-    return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
-
-
-def command_for(like: dict, method: str, method_overrides: dict | None = None,
-                out: str | Path | None = None) -> str:
-    """The exact ``mtlbench run`` command that produces ``method`` in ``like``'s setting."""
-    preset = like.get("preset") or "quick"
-    args = ["mtlbench", "run", "--method", method, "--backbone", like["backbone"]["name"],
-            "--dataset", like["dataset"]["name"], "--preset", preset, "--seed", str(like["seed"])]
-    root = like["dataset"].get("root")
-    if root:
-        args += ["--data-root", str(root)]
-    # Only the dataset, backbone and train sections are compared, so the preset's
-    # default method stands in (``method`` may be a plugin this install lacks).
-    base = resolve(preset=preset, flags=[("backbone.name", like["backbone"]["name"], "--backbone"),
-                                         ("dataset.name", like["dataset"]["name"], "--dataset")]).data
-    sets = []
-    for section in ("dataset", "backbone", "train"):
-        want, have = _comparable(like, section), _comparable(base, section)
-        for k, v in want.items():
-            if have.get(k) != v:
-                sets.append(f"{section}.{k}={_yaml_scalar(v)}")
-    for k, v in (method_overrides or {}).items():
-        sets.append(f"method.{k}={_yaml_scalar(v)}")
-    for s in sets:
-        args += ["--set", s]
-    if out is not None and Path(out) != Path("results"):
-        args += ["--out", str(out)]
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def _yaml_scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_yaml_scalar(x) for x in v) + "]"
-    return str(v)
-
-
-def checkpoint_of(record: dict) -> Path | None:
-    """Where a record's final checkpoint is (None: the record names none); it may be missing."""
-    ckpt = record.get("checkpoint")
-    if not ckpt:
-        return None
-    ckpt_path = Path(ckpt)
-    if not ckpt_path.is_absolute() and not ckpt_path.exists():
-        # relative to the results dir that holds the record: <out>/runs/<4 levels>
-        path = Path(record["_path"]).parent if "_path" in record else Path(".")
-        ckpt_path = path.parents[3] / ckpt if len(path.parents) > 3 else ckpt_path
-    return ckpt_path
+def same_setting(a: dict, b: dict) -> bool:
+    """Whether two resolved configs share preset, seed and settings (dataset, backbone and
+    training recipe, as :class:`~mtlbench.records.RecordStore` matches them)."""
+    return (a.get("seed") == b.get("seed") and a.get("preset") == b.get("preset")
+            and not setting_differences(a, b))
 
 
 def load_trained_method(record: dict, device: str = "cpu"):
@@ -376,8 +160,11 @@ class RunContext:
     cfg: ResolvedConfig
     out: Path
 
-    def find(self, method: str, method_config: dict | None = None) -> dict | None:
-        recs = find_runs(self.out, method, self.cfg.data, method_config)
+    def find(self, method: str, options: dict | None = None) -> dict | None:
+        """The newest record of ``method`` in this run's setting (with method ``options``, when
+        given: :func:`mtlbench.records.options_match`), or None."""
+        like = self.cfg.data
+        recs = RecordStore.scan_method(self.out, method, like).find(method, like, options=options)
         return recs[0] if recs else None
 
     def require(self, method: str, what: str, override_key: str | None = None) -> dict:
@@ -436,14 +223,3 @@ def load_task_networks(run: RunContext | None, tasks: list[str], what: str, *,
     return {t: nets[t] for t in tasks}, rec.get("id") or rec["_path"]
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None

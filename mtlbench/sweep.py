@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import UserError
+from .records import BadRecord, RunPaths, checkpoint_of
 from .tables.datasets import needs_root
-from .tables.plan import BadRecord, Job, RecordIndex, Setting, plan_runs
+from .tables.plan import Job, RecordIndex, Setting, plan_runs
 from .tables.spec import TableSpec
 
 EXECUTORS = ("local", "ray")
@@ -67,17 +68,6 @@ def job_argv(job: Job, *, device: str | None = None, quiet: bool = False) -> lis
     if device:
         argv += ["--device", device]
     return argv
-
-
-def parse_run_argv(argv: Sequence[str]):
-    """Parse ``run ...`` arguments exactly as ``mtlbench run`` does; return (args, config)."""
-    from .cli import build_parser
-    from .cli.run import config_flags
-    from .config import resolve
-
-    args = build_parser().parse_args(list(argv))
-    cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args), sets=args.sets)
-    return args, cfg
 
 
 def job_config(job: Job, *, device: str | None = None, data_root: str | Path | None = None):
@@ -179,8 +169,6 @@ def run_local(jobs: list[Job], out: str | Path, echo: Callable[[str], None], *, 
 def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: Path,
                   echo: Callable[[str], None], poll_s: float = 0.5) -> SweepResult:
     """Up to ``k`` ``mtlbench run`` subprocesses at once, dependencies first."""
-    from .runs import RunPaths
-
     res = SweepResult()
     status: dict[tuple, str] = {}
     pending = list(jobs)
@@ -358,8 +346,6 @@ class SweepPlan:
         """Recorded runs that a run still to do loads (``Method.requires``) and whose final
         checkpoint is gone: ``(the recorded job, the missing checkpoint, the jobs that need it)``.
         Records say where their checkpoint was; checkpoints are not committed with them."""
-        from .runs import checkpoint_of
-
         by_key = {j.key: j for j in self.jobs}
         needers: dict[tuple, list[Job]] = {}
         for j in self.todo:
@@ -458,14 +444,11 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
                         hint="restore the checkpoints under <out>/checkpoints, or add --retrain-lost to "
                              "train those runs again first (their records are kept beside, renamed "
                              "<name>.replaced-<time>)")
-    from .runs import RunPaths
-
     replaced = []  # said after the header, which counts these runs as to do
-    runs_dir = (Path(s.out) / "runs").resolve()
     for dep, ckpt, _ in lost:
         for rec in dep.records:
             path = Path(rec["_path"])
-            paths = RunPaths(Path(s.out), path.resolve().relative_to(runs_dir).with_suffix(""))  # its logs
+            paths = RunPaths.of_record(s.out, path)  # its logs
             for log in (paths.steps, paths.epochs):
                 if log.exists():
                     move_aside(log, "replaced")

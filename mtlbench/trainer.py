@@ -10,13 +10,12 @@ result record at the end.  A NaN or infinite loss, gradient norm, evaluation
 metric or weight stops the run at once (:class:`Diverged`, exit code 2): the
 last checkpoint (finite) is kept and no record is written.
 
-Records stay small: per-step logs stream to a JSON Lines file (in the
-checkpoint folder while training, beside the record at the end), every epoch's
-full row goes to a second one, and the record keeps a compact epoch history.
+:func:`train` runs the phases of :class:`Training` (set up or resume, the
+epochs, the end); what a record holds, and how it and the run's logs are
+written, is :mod:`mtlbench.records`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -26,7 +25,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,14 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from . import __version__
 from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
 from .progress import Progress
-from .registry import DATASETS, METHODS, assemble
-from .runs import (SCHEMA_VERSION, RunContext, RunLock, RunPaths, atomic_torch_save,
-                   atomic_write_bytes, atomic_write_json, find_runs, strict_json)
+from .records import RunPaths, StepLog, atomic_torch_save, make_record, write_record
+from .registry import DATASETS, assemble
+from .runs import RunContext, RunLock
 
 
 class RunExists(Exception):
@@ -307,12 +304,7 @@ class Optimisation:
                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        opts, schs = state.get("optimizers", {}), state.get("schedulers", {})
-        if "optimizer" in state and not opts and len(self.optimizers) == 1:
-            # a checkpoint of the single-optimiser trainer (before Method.optimizers existed)
-            name = next(iter(self.optimizers))
-            opts = {name: state["optimizer"]}
-            schs = {name: state["scheduler"]} if "scheduler" in state else {}
+        opts, schs = state["optimizers"], state["schedulers"]
         missing = [k for k in self.optimizers if k not in opts]
         if missing:
             raise UserError(f"the checkpoint has no state for the optimiser(s) {', '.join(missing)} "
@@ -384,13 +376,17 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     The run's lock (:class:`~mtlbench.runs.RunLock`) is held throughout, so two
     processes sharing a results directory never train the same run: the second
     stops with :class:`~mtlbench.runs.RunLocked`, or, once the first has
-    finished, with :class:`RunExists`.
+    finished, with :class:`RunExists`.  The phases are :class:`Training`'s:
+    set up (or resume), the epochs, then the record.
     """
     opts = opts or TrainOptions()
-    paths = RunPaths.for_config(cfg, opts.out)
     check_out_dir(Path(opts.out))
+    paths = RunPaths.for_config(cfg, opts.out)
     with RunLock(paths.lock, paths.rel.as_posix()):
-        return _train(cfg, opts, paths)
+        state = resume_state(paths, opts)
+        run = Training(cfg, opts, paths, state)
+        run.fit()
+        return run.finish()
 
 
 def check_out_dir(out: Path) -> None:
@@ -407,7 +403,30 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out} is not writable", hint="pass a directory you can write to")
 
 
-def _load_checkpoint(path: Path) -> dict:
+#: what every checkpoint holds (:meth:`Training.checkpoint`)
+CHECKPOINT_KEYS = ("epoch", "model", "optimizers", "schedulers", "method_extra", "rng", "history",
+                   "train_time", "wall_time", "images_seen", "steps_size", "config")
+
+
+def resume_state(paths: RunPaths, opts: TrainOptions) -> dict | None:
+    """The checkpoint a run continues from (None: it starts afresh), after checking that the run
+    may start: no record of it yet (unless ``force``), and no checkpoint unless ``resume``."""
+    if paths.record.exists() and not opts.force:
+        raise RunExists(paths.record)
+    if paths.last.exists() and not (opts.resume or opts.force):
+        raise UserError(f"an interrupted run with this identity has a checkpoint at {paths.last}",
+                        hint="pass --resume to continue it, or --force to start over")
+    if not opts.resume or opts.force:
+        return None
+    if not paths.last.exists():  # said even with --quiet: the user asked for something that is not there
+        print(f"mtlbench: --resume: no checkpoint of this run at {paths.last}; starting from scratch",
+              file=sys.stderr, flush=True)
+        return None
+    return load_checkpoint(paths.last)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :meth:`Training.checkpoint`; a UserError for anything else."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or corrupted: torch raises several kinds
@@ -416,6 +435,10 @@ def _load_checkpoint(path: Path) -> dict:
                         "or corrupted", hint="start the run over with --force (the checkpoint is replaced)") from None
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
         raise UserError(f"{path} is not an mtlbench checkpoint", hint="start the run over with --force")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise UserError(f"the checkpoint {path} lacks {', '.join(missing)}: it was written by another "
+                        "version of mtlbench", hint="start the run over with --force")
     return state
 
 
@@ -430,189 +453,231 @@ def _finite_metrics(metrics: dict) -> list[str]:
             for k, v in ms.items() if v is None or not math.isfinite(v)]
 
 
-class _StepLog:
-    """Per-step logs streamed to a JSON Lines file in the checkpoint folder.
+class Training:
+    """One run from its config to its record, in phases.
 
-    Flushed and fsynced with every checkpoint, whose state records the file's
-    size; a resumed run truncates the file to that size, so the log holds
-    exactly the steps of the checkpointed epochs.  Moved beside the record at
-    the end.
+    ``__init__`` sets up: builds the run (:func:`build`), its loaders, schedule and
+    optimisers, hands the method its :class:`~mtlbench.api.TrainContext`, and restores a
+    resumed run's state; :meth:`fit` trains the epochs (:meth:`epoch`, each of
+    :meth:`step`, then :meth:`evaluate` and :meth:`checkpoint`); :meth:`finish` measures
+    the trained model and writes the record (:mod:`mtlbench.records`).
     """
 
-    def __init__(self, path: Path, resume_size: int | None):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_size is None:
-            self.fh = open(path, "w")
-        else:
-            self.fh = open(path, "a+")
-            self.fh.truncate(resume_size)
-            self.fh.seek(resume_size)
+    def __init__(self, cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths, resume: dict | None = None):
+        self.cfg, self.opts, self.paths = cfg, opts, paths
+        self.t_wall = time.perf_counter()
+        s = self.s = build(cfg)
+        method, device, tcfg = s.method, s.device, cfg.train
+        self.method, self.device, self.tcfg = method, device, tcfg
+        self.generator = torch.Generator()
+        self.loader_kw = dict(batch_size=tcfg.batch_size, num_workers=cfg.dataset.num_workers,
+                              pin_memory=device.type == "cuda")
+        self.val_loader = DataLoader(s.val_set, shuffle=False, **self.loader_kw)
+        n_batches = math.ceil(len(s.train_set) / tcfg.batch_size)
+        self.steps_per_epoch = min(n_batches, tcfg.max_steps_per_epoch or n_batches)
+        self.lead = int(method.leading_epochs(tcfg.epochs))
+        self.total_epochs = self.lead + tcfg.epochs
 
-    def write(self, row: dict) -> None:
-        self.fh.write(json.dumps(strict_json(row), separators=(",", ":")) + "\n")
+        self.start_epoch = 0
+        if resume is not None:
+            method.load_state_dict(resume["model"])
+            self.start_epoch = resume["epoch"]
+        method.on_train_start(TrainContext(tcfg.epochs, self.steps_per_epoch, device, RunContext(cfg, Path(opts.out)),
+                                           self.start_epoch, leading_epochs=self.lead,
+                                           autocast=lambda: autocast_ctx(device, s.amp), train_cfg=tcfg))
+        self.optim = Optimisation(method, tcfg, self.steps_per_epoch * tcfg.epochs, self.steps_per_epoch * self.lead)
+        self.clip_groups = method.clip_groups() if tcfg.grad_clip else []
 
-    def sync(self) -> int:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        return self.fh.tell()
+        self.epochs: list[dict] = []  # every epoch's full row
+        self.train_time = 0.0
+        self.wall_before = 0.0
+        self.images_seen = 0
+        self.global_step = self.start_epoch * self.steps_per_epoch
+        steps_size = None
+        if resume is not None:
+            self.optim.load_state_dict(resume)
+            method.load_extra_state(resume["method_extra"])
+            self.epochs = list(resume["history"]["epochs"])
+            self.train_time = resume["train_time"]
+            self.wall_before = resume["wall_time"]
+            self.images_seen = resume["images_seen"]
+            steps_size = resume["steps_size"]
+            _set_rng_state(resume["rng"])
+        self.steplog = StepLog(paths.steps_tmp, steps_size)
 
-    def close(self) -> None:
-        self.fh.close()
+        mode = "none" if opts.quiet else tcfg.progress
+        label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
+        self.prog = Progress(mode, label=label, total_epochs=self.total_epochs, steps=self.steps_per_epoch)
+        if resume is not None:
+            self.prog.message(f"resuming {label} after epoch {self.start_epoch} from {paths.last}")
 
+    def wall_time(self) -> float:
+        """Seconds of wall time, over every process of a resumed run."""
+        return self.wall_before + time.perf_counter() - self.t_wall
 
-def _train(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
-    if paths.record.exists() and not opts.force:
-        raise RunExists(paths.record)
-    if paths.last.exists() and not (opts.resume or opts.force):
-        raise UserError(f"an interrupted run with this identity has a checkpoint at {paths.last}",
-                        hint="pass --resume to continue it, or --force to start over")
-    resume_state = None
-    if opts.resume and not opts.force:
-        if paths.last.exists():
-            resume_state = _load_checkpoint(paths.last)
-        else:  # said even with --quiet: the user asked for something that is not there
-            print(f"mtlbench: --resume: no checkpoint of this run at {paths.last}; starting from scratch",
-                  file=sys.stderr, flush=True)
-    t_wall = time.perf_counter()
-    s = build(cfg)
-    method, device, tcfg = s.method, s.device, cfg.train
-    g = torch.Generator()
-    loader_kw = dict(batch_size=tcfg.batch_size, num_workers=cfg.dataset.num_workers,
-                     pin_memory=device.type == "cuda")
-    val_loader = DataLoader(s.val_set, shuffle=False, **loader_kw)
-    n_batches = math.ceil(len(s.train_set) / tcfg.batch_size)
-    steps_per_epoch = min(n_batches, tcfg.max_steps_per_epoch or n_batches)
-    lead = int(method.leading_epochs(tcfg.epochs))
-    total_epochs = lead + tcfg.epochs
+    # --- the epochs ---------------------------------------------------------
 
-    start_epoch = 0
-    if resume_state is not None:
-        method.load_state_dict(resume_state["model"])
-        start_epoch = resume_state["epoch"]
-    run_ctx = RunContext(cfg, Path(opts.out))
-    method.on_train_start(TrainContext(tcfg.epochs, steps_per_epoch, device, run_ctx, start_epoch,
-                                       leading_epochs=lead, autocast=lambda: autocast_ctx(device, s.amp),
-                                       train_cfg=tcfg))
-    optim = Optimisation(method, tcfg, steps_per_epoch * tcfg.epochs, steps_per_epoch * lead)
-    clip_groups = method.clip_groups() if tcfg.grad_clip else []
+    def fit(self) -> None:
+        """Train every epoch left, a checkpoint after each."""
+        self.method.train()
+        try:
+            for epoch in range(self.start_epoch, self.total_epochs):
+                self.prog.epoch_start(epoch, epoch)
+                entry = self.epoch(epoch)
+                self.checkpoint(epoch)
+                self.prog.epoch_end(self._epoch_line(epoch, entry))
+                if self.opts.on_epoch:
+                    self.opts.on_epoch(epoch, entry)
+        finally:
+            self.prog.close()
+            self.steplog.close()
 
-    history: dict[str, list] = {"epochs": []}
-    train_time = 0.0
-    wall_before = 0.0
-    images_seen = 0
-    global_step = start_epoch * steps_per_epoch
-    steps_size = None
-    if resume_state is not None:
-        optim.load_state_dict(resume_state)
-        method.load_extra_state(resume_state.get("method_extra", {}))
-        history = {"epochs": resume_state["history"]["epochs"]}
-        train_time = resume_state.get("train_time", 0.0)
-        # a checkpoint from before wall time was kept: its training time is a lower bound
-        wall_before = resume_state.get("wall_time", train_time)
-        images_seen = resume_state.get("images_seen", 0)
-        steps_size = resume_state.get("steps_size", 0)
-        _set_rng_state(resume_state["rng"])
-    old_steps = (resume_state or {}).get("history", {}).get("steps")  # a schema-1 checkpoint
-    steplog = _StepLog(paths.steps_tmp, None if old_steps is not None else steps_size)
-    for row in old_steps or []:
-        steplog.write(row)
+    def train_loader(self, epoch: int) -> DataLoader:
+        """The epoch's shuffled training batches.
 
-    mode = "none" if opts.quiet else tcfg.progress
-    label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
-    prog = Progress(mode, label=label, total_epochs=total_epochs, steps=steps_per_epoch)
-    if resume_state is not None:
-        prog.message(f"resuming {label} after epoch {start_epoch} from {paths.last}")
-    method.train()
-    try:
-        for epoch in range(start_epoch, total_epochs):
-            prog.epoch_start(epoch, epoch)
-            # The shuffle order depends only on (seed, epoch of the run's own schedule): a resumed
-            # run sees the same batches, and a method with leading epochs trains its deployable
-            # network on the very batches the baseline sees (leading epochs draw their own).
-            g.manual_seed(cfg.seed * 100003 + (epoch - lead if epoch >= lead else 50_000 + epoch))
-            loader = DataLoader(s.train_set, sampler=RandomSampler(s.train_set, generator=g),
-                                drop_last=False, generator=g, **loader_kw)
-            method.on_epoch_start(epoch)
-            sums: dict[str, float] = {}
-            n_steps = 0
-            t0 = time.perf_counter()
-            for i, batch in enumerate(loader):
-                if i >= steps_per_epoch:
-                    break
-                batch = to_device(batch, device, s.channels_last)
-                try:
-                    out = optimizer_step(method, optim, batch, device, s.amp, clip_groups, tcfg.grad_clip)
-                except _NonFinite as exc:
-                    raise _diverged(str(exc), epoch, i, lead, paths, batch) from None
-                optim.schedule(leading=epoch < lead)
-                step_logs = method.after_step(global_step, batch) or {}
-                try:
-                    optim.step_after_update()
-                except _NonFinite as exc:
-                    raise _diverged(str(exc), epoch, i, lead, paths, batch) from None
-                losses = {t: float(v.detach()) for t, v in out.losses.items()}
-                for t, v in losses.items():
-                    sums[t] = sums.get(t, 0.0) + v
-                n_steps += 1
-                images_seen += batch["image"].shape[0]
-                if tcfg.log_every and global_step % tcfg.log_every == 0:
-                    steplog.write({"step": global_step, "epoch": epoch,
-                                   **{f"loss/{t}": v for t, v in losses.items()},
-                                   **out.logs, **step_logs})
-                global_step += 1
-                prog.step(_fmt_losses(losses))
-                if opts.on_step:
-                    opts.on_step(epoch, i)
-            epoch_time = time.perf_counter() - t0
-            train_time += epoch_time
-            mean_losses = {t: v / max(n_steps, 1) for t, v in sums.items()}
-            elogs = method.on_epoch_end(epoch, mean_losses) or {}
-            entry = {"epoch": epoch, "train_loss": mean_losses, "lr": optim.lr(),
-                     "time_s": round(epoch_time, 3),
-                     "images_per_s": round(n_steps * tcfg.batch_size / max(epoch_time, 1e-9), 2),
-                     "logs": elogs, "metrics": None}
-            if epoch < lead:
-                entry["leading"] = True
-            last = epoch == total_epochs - 1
-            if epoch >= lead and (last or (tcfg.eval_every and (epoch + 1 - lead) % tcfg.eval_every == 0)):
-                entry["metrics"] = {k: evaluate(m, s.tasks, val_loader, device, s.amp, s.channels_last)
-                                    for k, m in method.eval_models().items()}
-                bad = _finite_metrics(entry["metrics"])
-                if bad:
-                    raise _diverged(f"the evaluation metric {bad[0]} is {_metric_value(entry['metrics'], bad[0])}",
-                                    epoch, None, lead, paths, None)
-            history["epochs"].append(entry)
-            if not _all_finite(method):
-                raise _diverged("the weights hold NaN or infinite values", epoch, None, lead, paths, None)
-            size = steplog.sync()
-            atomic_torch_save(paths.last, {
-                "epoch": epoch + 1, "model": method.state_dict(), **optim.state_dict(),
-                "method_extra": method.extra_state(), "rng": _rng_state(), "history": history,
-                "train_time": train_time, "wall_time": wall_before + time.perf_counter() - t_wall,
-                "images_seen": images_seen, "steps_size": size, "config": cfg.data})
-            line = f"epoch {epoch + 1}/{total_epochs} loss {_fmt_losses(mean_losses)}"
-            if epoch < lead:
-                line += " (leading epoch)"
-            if entry["metrics"]:
-                main = entry["metrics"].get("", {})
-                line += " | " + " ".join(
-                    f"{t}.{k}={v:.3f}" for t, ms in main.items() for k, v in list(ms.items())[:1])
-            prog.epoch_end(line)
-            if opts.on_epoch:
-                opts.on_epoch(epoch, entry)
-    finally:
-        prog.close()
-        steplog.close()
+        The shuffle order depends only on (seed, epoch of the run's own schedule): a resumed
+        run sees the same batches, and a method with leading epochs trains its deployable
+        network on the very batches the baseline sees (leading epochs draw their own).
+        """
+        lead, g = self.lead, self.generator
+        g.manual_seed(self.cfg.seed * 100003 + (epoch - lead if epoch >= lead else 50_000 + epoch))
+        train_set = self.s.train_set
+        return DataLoader(train_set, sampler=RandomSampler(train_set, generator=g),
+                          drop_last=False, generator=g, **self.loader_kw)
 
-    record = _make_record(cfg, s, paths, history, train_time, images_seen,
-                          wall_before + time.perf_counter() - t_wall, val_loader, lead, steps_per_epoch)
-    atomic_torch_save(paths.final, {"model": method.state_dict(), "config": cfg.data})
-    write_run_logs(paths, history["epochs"])
-    atomic_write_json(paths.record, record)
-    paths.last.unlink(missing_ok=True)
-    record["_path"] = str(paths.record)
-    return record
+    def epoch(self, epoch: int) -> dict:
+        """Train one epoch, evaluate when due; returns (and keeps) the epoch's full row."""
+        method = self.method
+        loader = self.train_loader(epoch)
+        method.on_epoch_start(epoch)
+        sums: dict[str, float] = {}
+        n_steps = 0
+        t0 = time.perf_counter()
+        for i, batch in enumerate(loader):
+            if i >= self.steps_per_epoch:
+                break
+            for t, v in self.step(epoch, i, batch).items():
+                sums[t] = sums.get(t, 0.0) + v
+            n_steps += 1
+        epoch_time = time.perf_counter() - t0
+        self.train_time += epoch_time
+        mean_losses = {t: v / max(n_steps, 1) for t, v in sums.items()}
+        elogs = method.on_epoch_end(epoch, mean_losses) or {}
+        entry = {"epoch": epoch, "train_loss": mean_losses, "lr": self.optim.lr(),
+                 "time_s": round(epoch_time, 3),
+                 "images_per_s": round(n_steps * self.tcfg.batch_size / max(epoch_time, 1e-9), 2),
+                 "logs": elogs, "metrics": None}
+        if epoch < self.lead:
+            entry["leading"] = True
+        if self.evaluation_due(epoch):
+            entry["metrics"] = self.evaluate(epoch)
+        self.epochs.append(entry)
+        if not _all_finite(method):
+            raise self._diverged("the weights hold NaN or infinite values", epoch)
+        return entry
+
+    def step(self, epoch: int, i: int, batch: dict) -> dict[str, float]:
+        """One training step (:func:`optimizer_step`, schedules, ``after_step``, the step log);
+        returns the step's losses."""
+        method, optim, tcfg = self.method, self.optim, self.tcfg
+        batch = to_device(batch, self.device, self.s.channels_last)
+        try:
+            out = optimizer_step(method, optim, batch, self.device, self.s.amp, self.clip_groups, tcfg.grad_clip)
+            optim.schedule(leading=epoch < self.lead)
+            step_logs = method.after_step(self.global_step, batch) or {}
+            optim.step_after_update()
+        except _NonFinite as exc:
+            raise self._diverged(str(exc), epoch, i, batch) from None
+        losses = {t: float(v.detach()) for t, v in out.losses.items()}
+        self.images_seen += batch["image"].shape[0]
+        if tcfg.log_every and self.global_step % tcfg.log_every == 0:
+            self.steplog.write({"step": self.global_step, "epoch": epoch,
+                                **{f"loss/{t}": v for t, v in losses.items()},
+                                **out.logs, **step_logs})
+        self.global_step += 1
+        self.prog.step(_fmt_losses(losses))
+        if self.opts.on_step:
+            self.opts.on_step(epoch, i)
+        return losses
+
+    def evaluation_due(self, epoch: int) -> bool:
+        """After the last epoch, and every ``train.eval_every`` epochs of the run's own schedule."""
+        last = epoch == self.total_epochs - 1
+        every = self.tcfg.eval_every
+        return epoch >= self.lead and (last or bool(every and (epoch + 1 - self.lead) % every == 0))
+
+    def evaluate(self, epoch: int) -> dict:
+        """``{model: {task: {metric: value}}}`` of every model the method evaluates, on the val split."""
+        s = self.s
+        metrics = {k: evaluate(m, s.tasks, self.val_loader, self.device, s.amp, s.channels_last)
+                   for k, m in self.method.eval_models().items()}
+        bad = _finite_metrics(metrics)
+        if bad:
+            raise self._diverged(f"the evaluation metric {bad[0]} is {_metric_value(metrics, bad[0])}", epoch)
+        return metrics
+
+    def checkpoint(self, epoch: int) -> None:
+        """The state after ``epoch`` (:data:`CHECKPOINT_KEYS`), atomically, with the step log synced."""
+        size = self.steplog.sync()
+        atomic_torch_save(self.paths.last, {
+            "epoch": epoch + 1, "model": self.method.state_dict(), **self.optim.state_dict(),
+            "method_extra": self.method.extra_state(), "rng": _rng_state(), "history": {"epochs": self.epochs},
+            "train_time": self.train_time, "wall_time": self.wall_time(),
+            "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data})
+
+    def _epoch_line(self, epoch: int, entry: dict) -> str:
+        line = f"epoch {epoch + 1}/{self.total_epochs} loss {_fmt_losses(entry['train_loss'])}"
+        if epoch < self.lead:
+            line += " (leading epoch)"
+        if entry["metrics"]:
+            main = entry["metrics"].get("", {})
+            line += " | " + " ".join(
+                f"{t}.{k}={v:.3f}" for t, ms in main.items() for k, v in list(ms.items())[:1])
+        return line
+
+    def _diverged(self, what: str, epoch: int, step: int | None = None, batch=None) -> Diverged:
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+        if epoch < self.lead:
+            where += " (a leading epoch of the method)"
+        last = self.paths.last
+        kept = (f"the last checkpoint with finite weights is kept at {last} (resume with --resume)"
+                if last.exists() else "no epoch had finished, so there is no checkpoint")
+        samples = ""
+        if batch is not None and "index" in batch:
+            idx = [int(i) for i in batch["index"].tolist()][:8]
+            samples = f"; the batch held training samples {idx}"
+        return Diverged(f"the run diverged: {what} at {where}{samples}. No record was written; {kept}",
+                        hint="lower train.lr (e.g. --set train.lr=1e-4) or bound the gradients "
+                             "(--set train.grad_clip=1.0); if the data may hold NaN or infinite values, "
+                             "check it with `mtlbench data check`")
+
+    # --- the end ------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Measure the trained model, then write its final weights and the record; return the record."""
+        s, method, cfg = self.s, self.method, self.cfg
+        wall_s = self.wall_time()
+        sample = next(iter(self.val_loader))["image"].to(s.device)
+        if s.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        latency = inference_latency_ms(method.deployable(), sample, s.device, s.amp)
+        memory = peak_memory_mb(s.device)
+        dev_name = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda"
+                    else platform.processor() or platform.machine())
+        record = make_record(
+            cfg, self.paths, epochs=self.epochs, reportable=method.reportable,
+            dataset_family=getattr(s.dataset, "family", "") or cfg.name("dataset"), tasks=s.tasks,
+            schedule={"epochs": cfg.train.epochs, "leading_epochs": self.lead,
+                      "steps_per_epoch": self.steps_per_epoch},
+            params={"training_system": count_parameters(method), "deployable": count_parameters(method.deployable())},
+            timing={"wall_s": round(wall_s, 2), "train_s": round(self.train_time, 2),
+                    "train_images_per_s": round(self.images_seen / max(self.train_time, 1e-9), 2),
+                    "inference_ms_per_image": round(latency, 3)},
+            memory=memory,
+            device={"type": s.device.type, "name": dev_name, "amp": s.amp, "channels_last": s.channels_last,
+                    "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile)},
+            method_info=method.summary_info())
+        return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
 
 
 def _metric_value(metrics: dict, name: str):
@@ -620,150 +685,3 @@ def _metric_value(metrics: dict, name: str):
     group = "" if len(parts) == 2 else parts[0]
     t, k = parts[-2], parts[-1]
     return metrics[group][t][k]
-
-
-def _diverged(what: str, epoch: int, step: int | None, lead: int, paths: RunPaths, batch) -> Diverged:
-    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
-    if epoch < lead:
-        where += " (a leading epoch of the method)"
-    kept = (f"the last checkpoint with finite weights is kept at {paths.last} (resume with --resume)"
-            if paths.last.exists() else "no epoch had finished, so there is no checkpoint")
-    samples = ""
-    if batch is not None and "index" in batch:
-        idx = [int(i) for i in batch["index"].tolist()][:8]
-        samples = f"; the batch held training samples {idx}"
-    return Diverged(f"the run diverged: {what} at {where}{samples}. No record was written; {kept}",
-                    hint="lower train.lr (e.g. --set train.lr=1e-4) or bound the gradients "
-                         "(--set train.grad_clip=1.0); if the data may hold NaN or infinite values, "
-                         "check it with `mtlbench data check`")
-
-
-#: the most epoch rows a record keeps (all of them in the epochs log beside it)
-RECORD_EPOCH_ROWS = 40
-
-
-def write_run_logs(paths: RunPaths, epochs: list[dict]) -> None:
-    """Move the step log beside the record and write every epoch's full row beside it too."""
-    paths.steps.parent.mkdir(parents=True, exist_ok=True)
-    if paths.steps_tmp.exists():
-        os.replace(paths.steps_tmp, paths.steps)
-    else:
-        paths.steps.write_text("")
-    text = "".join(json.dumps(strict_json(e), separators=(",", ":")) + "\n" for e in epochs)
-    atomic_write_bytes(paths.epochs, text.encode())
-
-
-def compact_epochs(epochs: list[dict], keep: set[int]) -> list[dict]:
-    """The epoch rows a record keeps: all when few, else evenly spaced ones plus ``keep``.
-
-    Each row keeps the epoch, mean training losses, learning rate, time and the
-    deployable model's metrics; method logs and other models' metrics live in
-    the epochs log only (``history.epochs_file``).
-    """
-    n = len(epochs)
-    if n <= RECORD_EPOCH_ROWS:
-        chosen = set(range(n))
-    else:
-        step = (n - 1) / (RECORD_EPOCH_ROWS - 1 - len(keep))
-        chosen = {round(i * step) for i in range(RECORD_EPOCH_ROWS - len(keep))}
-    chosen |= {i for i, e in enumerate(epochs) if e["epoch"] in keep}
-    out = []
-    for i in sorted(chosen):
-        e = epochs[i]
-        row = {"epoch": e["epoch"], "train_loss": {t: round(v, 6) for t, v in e["train_loss"].items()},
-               "lr": e["lr"], "time_s": e["time_s"]}
-        if e.get("leading"):
-            row["leading"] = True
-        if e.get("metrics"):
-            row["metrics"] = {"": e["metrics"].get("", {})}
-        out.append(row)
-    return out
-
-
-def _report_epoch(history: dict, rule: str, method: Method) -> dict:
-    evaluated = [e for e in history["epochs"] if e["metrics"] and not e.get("leading")]
-    allowed = [e for e in evaluated if method.reportable(e["epoch"])]
-    evaluated = allowed or evaluated[-1:]
-    if rule == "last":
-        return evaluated[-1]
-    if rule == "best_train_loss":
-        return min(evaluated, key=lambda e: sum(e["train_loss"].values()))
-    raise UserError(f"train.report must be last or best_train_loss, got {rule!r}")
-
-
-def _make_record(cfg, s: Setup, paths: RunPaths, history, train_time, images_seen, wall_s,
-                 val_loader, lead: int, steps_per_epoch: int) -> dict:
-    import timm
-
-    from .provenance import source_commit
-
-    method = s.method
-    chosen = _report_epoch(history, cfg.train.report, method)
-    metrics = chosen["metrics"]
-    sample = next(iter(val_loader))["image"].to(s.device)
-    if s.channels_last:
-        sample = sample.contiguous(memory_format=torch.channels_last)
-    latency = inference_latency_ms(method.deployable(), sample, s.device, s.amp)
-    dev_name = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda"
-                else platform.processor() or platform.machine())
-    rel_final = paths.final.relative_to(paths.out)
-    return strict_json({
-        "schema": SCHEMA_VERSION,
-        "id": paths.rel.as_posix(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "method": cfg.name("method"), "backbone": cfg.name("backbone"),
-        "dataset": cfg.name("dataset"), "dataset_family": getattr(s.dataset, "family", "") or cfg.name("dataset"),
-        "preset": cfg.preset, "seed": cfg.seed,
-        "config_hash": cfg.hash, "config": cfg.data,
-        "tasks": {t: task.describe() for t, task in s.tasks.items()},
-        "metrics": metrics.get("", {}),
-        "extra_metrics": {k: v for k, v in metrics.items() if k},
-        "report": {"rule": cfg.train.report, "epoch": chosen["epoch"]},
-        "schedule": {"epochs": cfg.train.epochs, "leading_epochs": lead, "steps_per_epoch": steps_per_epoch},
-        "history": {"epochs": compact_epochs(history["epochs"], {chosen["epoch"], history["epochs"][-1]["epoch"]}),
-                    "epochs_file": paths.epochs.name, "steps_file": paths.steps.name},
-        "params": {"training_system": count_parameters(method),
-                   "deployable": count_parameters(method.deployable())},
-        "timing": {"wall_s": round(wall_s, 2),
-                   "train_s": round(train_time, 2),
-                   "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2),
-                   "inference_ms_per_image": round(latency, 3)},
-        "memory": peak_memory_mb(s.device),
-        "device": {"type": s.device.type, "name": dev_name, "amp": s.amp,
-                   "channels_last": s.channels_last, "threads": torch.get_num_threads(),
-                   "compile": bool(cfg.train.compile)},
-        "versions": {"mtlbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
-                     "python": platform.python_version()},
-        "git_commit": source_commit(),
-        "checkpoint": rel_final.as_posix(),
-        "method_info": method.summary_info(),
-    })
-
-
-def delta_reference() -> str | None:
-    """The registered method Δ is measured against at the end of a run (``Method.is_delta_reference``)."""
-    refs = [e.name for e in METHODS.entries() if getattr(e.obj, "is_delta_reference", False)]
-    return refs[0] if refs else None
-
-
-def reference_delta(record: dict, out: Path, reference: str | None = None) -> tuple[float | None, str]:
-    """Δ of a record against the reference method's run of the same setting.
-
-    Returns ``(delta, the reference record's path)``, or ``(None, why not)``.
-    """
-    from .delta import delta
-
-    reference = reference or delta_reference()
-    if reference is None:
-        return None, "no registered method is marked as the Δ reference"
-    if record["method"] == reference:
-        return None, f"this is the {reference} run"
-    refs = find_runs(out, reference, record["config"])
-    if not refs:
-        return None, f"no {reference} record of this setting yet"
-    directions = {t: {k: v == "higher" for k, v in info["metrics"].items()}
-                  for t, info in record["tasks"].items()}
-    try:
-        return delta(record["metrics"], refs[0]["metrics"], directions), refs[0]["_path"]
-    except ValueError as exc:  # e.g. a reference metric of 0 after a very short run
-        return None, str(exc)

@@ -12,7 +12,7 @@ import pytest
 
 from mtlbench.cli import main
 from mtlbench.runs import RunLock, RunLocked, RunPaths
-from mtlbench.sweep import parse_run_argv
+from mtlbench.cli.run import parse_run_argv
 
 HOLD = textwrap.dedent("""
     import sys, time

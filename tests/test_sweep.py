@@ -11,6 +11,7 @@ import pytest
 
 from mtlbench import sweep as sw
 from mtlbench.cli import main as cli_main
+from mtlbench.cli.run import parse_run_argv
 from mtlbench.errors import UserError
 from mtlbench.tables import choose_setting, load_spec
 
@@ -60,7 +61,7 @@ def test_dry_run_cli_prints_the_ordered_commands(capsys, tmp_path):
 def test_jobs_carry_their_resolved_config(tmp_path):
     plan = _plan(DEPS, tmp_path, seeds=(0, 1))
     for job in plan.jobs:
-        args, cfg = sw.parse_run_argv(shlex.split(job.command)[1:])
+        args, cfg = parse_run_argv(shlex.split(job.command)[1:])
         assert job.config.hash == cfg.hash and job.config.data == cfg.data, job.describe()
         assert job.record_path(tmp_path) == tmp_path / "runs" / "synthetic" / "vit_tiny" / job.method / \
             f"seed{job.seed}-{cfg.hash}.json"

@@ -14,6 +14,7 @@ from mtlbench.delta import delta
 from mtlbench.errors import UserError
 from mtlbench.tables import (RecordIndex, apply_overrides, available_tables, build_table, choose_setting,
                              load_spec, method_defaults, options_match, parse_overrides, parse_seeds, render)
+from mtlbench import records as records_mod
 from mtlbench.tables import options as options_mod
 from mtlbench.tables import spec
 
@@ -351,7 +352,7 @@ def test_records_predating_an_option_serve_no_row_unless_it_is_backward_compatib
     assert any(n.startswith("1 okd record") and n.endswith("has a newer record for each of its runs.")
                for n in bt2.notes)
     # declared backward compatible (option(..., hash_default=False)): a missing option is its default
-    monkeypatch.setattr(options_mod, "_NEUTRAL_CACHE", {"okd": frozenset({"profile", "otw_schedule"})})
+    monkeypatch.setattr(records_mod, "_NEUTRAL_CACHE", {"okd": frozenset({"profile", "otw_schedule"})})
     assert options_match(old, "okd", {}) and not options_match(old, "okd", {"profile": "text"})
 
 
@@ -370,9 +371,9 @@ def test_neutral_options_read_the_config_declaration(monkeypatch):
         Config = Cfg
 
     monkeypatch.setitem(METHODS._entries, "tmp_neutral", Entry("tmp_neutral", Tmp, "test", "", ()))
-    monkeypatch.setattr(options_mod, "_NEUTRAL_CACHE", {})
-    monkeypatch.setattr(options_mod, "_DEFAULTS_CACHE", {})
-    assert options_mod.neutral_options("tmp_neutral") == {"b"}
+    monkeypatch.setattr(records_mod, "_NEUTRAL_CACHE", {})
+    monkeypatch.setattr(records_mod, "_DEFAULTS_CACHE", {})
+    assert records_mod.neutral_options("tmp_neutral") == {"b"}
     assert options_match({"name": "tmp_neutral", "a": 1}, "tmp_neutral", {})  # b added later: default
     assert not options_match({"name": "tmp_neutral", "b": "x"}, "tmp_neutral", {})  # a missing: stale
 
@@ -380,7 +381,8 @@ def test_neutral_options_read_the_config_declaration(monkeypatch):
 def test_records_with_other_train_settings_serve_no_row():
     """A quick-preset record trained in bf16 or for fewer epochs is not a run of the preset: it must
     not stand in for the row (the bf16 baseline records were once taken as the fp32 Baseline row)."""
-    from mtlbench.tables.plan import JobBuilder, setting_differences
+    from mtlbench.records import setting_differences
+    from mtlbench.tables.plan import JobBuilder
 
     spec = load_spec(2)
     setting = choose_setting(spec, preset="smoke", out="/nonexistent")
@@ -507,8 +509,8 @@ def test_override_changes_matching_and_commands():
 
 def test_missing_run_commands_are_command_for_and_resolve_to_the_row(tmp_path):
     from mtlbench.config import resolve
-    from mtlbench.runs import command_for
-    from mtlbench.sweep import parse_run_argv
+    from mtlbench.cli.run import parse_run_argv
+    from mtlbench.records import command_for
 
     spec = load_spec(4)
     setting = choose_setting(spec, preset="smoke", out=tmp_path)

@@ -246,7 +246,7 @@ def test_delta_against_the_reference_run_and_loading_a_trained_method(tmp_path):
 
     from mtlbench.delta import delta
     from mtlbench.runs import load_trained_method
-    from mtlbench.trainer import delta_reference, reference_delta
+    from mtlbench.delta import delta_reference, reference_delta
 
     assert delta_reference() == "baseline"
     out = tmp_path / "res"
@@ -276,7 +276,7 @@ def test_delta_against_the_reference_run_and_loading_a_trained_method(tmp_path):
 
 def test_records_stay_small_however_long_the_run(tmp_path):
     """Per-step rows live in the step log; the record keeps at most RECORD_EPOCH_ROWS epoch rows."""
-    from mtlbench.trainer import RECORD_EPOCH_ROWS, compact_epochs
+    from mtlbench.records import RECORD_EPOCH_ROWS, compact_epochs
 
     epochs = [{"epoch": i, "train_loss": {"a": 1.0 / (i + 1), "b": 2.0}, "lr": 1e-4, "time_s": 1.0,
                "logs": {"omega": {"a": [0.1] * 12}}, "metrics": {"": {"a": {"m": float(i)}}, "stl": {}}}

@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mtlbench.delta import delta, directions_of
-from mtlbench.runs import find_runs, read_record
+from mtlbench.records import RecordStore, read_record
 
 OFF = 0.05
 
@@ -60,7 +60,7 @@ def diagnose(rec: dict, path: Path, out: Path) -> dict | None:
     steps_p = Path(str(path)[:-len(".json")] + ".steps.jsonl")
     if not steps_p.exists() or rec.get("schema", 1) < 2:
         return None
-    base = find_runs(out, "baseline", rec["config"])
+    base = RecordStore.scan_method(out, "baseline", rec["config"]).find("baseline", rec["config"])
     if not base:
         return None
     b = base[0]

@@ -33,6 +33,16 @@ def config_flags(args: argparse.Namespace) -> list[tuple[str, object, str]]:
     ]
 
 
+def parse_run_argv(argv: list[str]):
+    """Parse ``run ...`` arguments exactly as ``mtlbench run`` does; return (args, resolved config)."""
+    from ..config import resolve
+    from . import build_parser
+
+    args = build_parser().parse_args(list(argv))
+    cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args), sets=args.sets)
+    return args, cfg
+
+
 def register(sub) -> None:
     p = sub.add_parser("run", help="train one run and write its result record",
                        description="Train one (method, backbone, dataset, seed) run.")
@@ -78,7 +88,7 @@ def print_summary(record: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..trainer import delta_reference, reference_delta
+    from ..delta import delta_reference, reference_delta
 
     console = Console()
     table = Table(title=f"{record['method']} · {record['backbone']} · {record['dataset']} · "

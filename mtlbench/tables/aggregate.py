@@ -28,7 +28,8 @@ from typing import Any, Iterable, Sequence
 from ..errors import UserError
 from ..stats import PairedSummary, summarize
 from .datasets import dataset_tasks, needs_root
-from .plan import BadRecord, Job, RecordIndex, Setting, plan_runs
+from ..records import BadRecord, RecordStore
+from .plan import Job, RecordIndex, Setting, plan_runs
 from .spec import Column, Row, TableSpec
 
 #: the verdict shown for the Δ reference row itself
@@ -290,7 +291,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         raise UserError(f"--delta-ref {ref_key!r}: table {spec.id} has no such row",
                         hint=f"use one of: {', '.join(keys)}")
     if index is None:
-        index = RecordIndex(records) if records is not None else RecordIndex.from_dir(setting.out)
+        index = RecordIndex(RecordStore(records) if records is not None else RecordStore.scan(setting.out))
     notes = list(setting.notes)
     for bad in index.problems:
         notes.append(f"Unreadable record {bad.path}: {bad.problem} (ignored here; `mtlbench sweep` moves "

@@ -181,6 +181,7 @@ def build_claim_tables(claims: Sequence[Claim], *, table: str | None = None, dat
                        seeds: Sequence[int] | None = None,
                        overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, BuiltTable]:
     """Build every table the claims need (only ``table`` when given), with row overrides applied."""
+    from ..records import RecordStore
     from .aggregate import build_table
     from .plan import RecordIndex, choose_setting
     from .spec import apply_overrides, load_spec
@@ -203,7 +204,7 @@ def build_claim_tables(claims: Sequence[Claim], *, table: str | None = None, dat
     for tid, spec in specs.items():
         setting = choose_setting(spec, dataset=dataset, preset=preset, data_root=data_root, out=out)
         if index is None:
-            index = RecordIndex.from_dir(setting.out)  # one read of the records for every table
+            index = RecordIndex(RecordStore.scan(setting.out))  # one read of the records for every table
         bt = build_table(spec, setting, seeds=seeds, index=index)
         bt.notes[:0] = notes[tid]
         tables[tid] = bt

@@ -1,6 +1,7 @@
 """Method options of table rows: defaults, matching against records, row overrides.
 
-A row names a method and the options it sets (``overrides``); every other
+The defaults and the matching are the record store's (:mod:`mtlbench.records`);
+this module adds what rows need on top.  A row names a method and the options it sets (``overrides``); every other
 option is the method's default.  A record serves the row when its method
 options equal the row's full options.  An option the record lacks (the record
 was written before the option existed) counts as its default only when the
@@ -17,88 +18,15 @@ sets an option on every row of ``METHOD`` that does not set KEY itself, e.g.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from typing import Any, Iterable
 
 from ..errors import UserError
+# what a record's method options are matched on is the record store's
+from ..records import canonical_options, method_defaults, options_match, same_value, stale_options
 
-_DEFAULTS_CACHE: dict[str, dict | None] = {}
-
-
-def method_defaults(method: str) -> dict | None:
-    """The default options of a registered method, or None when it is not registered."""
-    if method not in _DEFAULTS_CACHE:
-        from ..registry import METHODS
-
-        try:
-            cls = METHODS.get(method).Config
-            _DEFAULTS_CACHE[method] = {k: v for k, v in dataclasses.asdict(cls()).items()}
-        except (UserError, TypeError, AttributeError):
-            _DEFAULTS_CACHE[method] = None
-    return _DEFAULTS_CACHE[method]
-
-
-_NEUTRAL_CACHE: dict[str, frozenset] = {}
-
-
-def neutral_options(method: str) -> frozenset:
-    """Options of a registered method declared backward compatible (``hash_default=False``):
-    a record lacking one counts as having its default."""
-    if method not in _NEUTRAL_CACHE:
-        from ..config import option_check
-        from ..registry import METHODS
-
-        names: set[str] = set()
-        try:
-            cls = METHODS.get(method).Config
-            for f in dataclasses.fields(cls):
-                check = option_check(f)
-                if check is not None and not check.hash_default:
-                    names.add(f.name)
-        except (UserError, TypeError, AttributeError):
-            pass
-        _NEUTRAL_CACHE[method] = frozenset(names)
-    return _NEUTRAL_CACHE[method]
-
-
-def stale_options(record_options: dict, method: str) -> list[str]:
-    """Options of the registered method that the record lacks and that are not backward
-    compatible: a record lacking any predates a change of the method (empty: none)."""
-    defaults = method_defaults(method)
-    if defaults is None:
-        return []
-    have = set(record_options) - {"name"}
-    neutral = neutral_options(method)
-    return [k for k in defaults if k not in have and k not in neutral]
-
-
-def canonical_options(method: str, overrides: dict) -> dict:
-    """A row's full method options (defaults filled in when the method is registered)."""
-    defaults = method_defaults(method)
-    return {**(defaults or {}), **overrides}
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equality that takes ``1`` and ``1.0`` (YAML ints and floats) as the same number."""
-    num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def options_match(record_options: dict, method: str, overrides: dict) -> bool:
-    """Whether a record's method options are the row's (overrides set, the rest default).
-
-    A record lacking an option that is not backward compatible (:func:`stale_options`)
-    matches no row."""
-    if stale_options(record_options, method):
-        return False
-    defaults = method_defaults(method)
-    have = {**(defaults or {}), **{k: v for k, v in record_options.items() if k != "name"}}
-    want = canonical_options(method, overrides)
-    return all(k in have and same_value(have[k], v) for k, v in want.items())
+__all__ = ["canonical_options", "effective_overrides", "method_defaults", "options_key", "options_match",
+           "parse_overrides", "same_value", "stale_options"]
 
 
 def effective_overrides(method: str, overrides: dict) -> dict:

@@ -2,12 +2,15 @@
 
 Setting.  ``--dataset`` and ``--preset`` decide what the table is built on:
 
-* neither: the table's own dataset (NYUv2 or Cityscapes) with the ``paper`` preset;
+* neither: the table's own dataset (NYUv2 or Cityscapes) with the table's own
+  preset (the spec's ``preset``: ``paper``, the paper's recipe);
 * ``--preset P`` alone: P's dataset when it can stand in for the table's
   dataset (its plugin's ``family_options`` name it, e.g. ``synthetic`` for
   ``quick`` and ``smoke``); otherwise the table's own dataset;
-* ``--dataset D`` alone: preset ``paper`` when D is the table's own dataset,
-  else ``quick`` (so ``--dataset synthetic`` means the quick stand-in);
+* ``--dataset D`` alone: the table's own preset when D is the table's own
+  dataset, else the configured default preset (``quick``, the ``preset`` of
+  ``mtlbench/presets/_defaults.yaml``; so ``--dataset synthetic`` means the
+  quick stand-in);
 * both: as given.
 
 On a stand-in, the dataset options that make it stand in for the table's
@@ -16,12 +19,13 @@ dataset (``family_options``: ``variant: cityscapes`` for Table 2 on
 them.  Whenever the dataset is not the table's own, a note says that the
 paper's numbers are for NYUv2/Cityscapes and are shown for reference only.
 
-Matching.  A record serves a row when its method, backbone, dataset, preset,
-seed and the setting's dataset options are the table's, and its method options
-are the row's (:func:`mtlbench.tables.options.options_match`), and its other
-settings (the ``train``, ``backbone`` and ``dataset`` sections, runtime keys
-aside) are the preset's: a run trained with ``--epochs 2`` or ``--set
-train.amp=bf16`` is not a quick-preset run and serves no row
+Matching (:class:`mtlbench.records.RecordStore`, the one matcher of records).
+A record serves a row when its method, backbone, dataset, preset, seed and the
+setting's dataset options are the table's, and its method options are the
+row's (:func:`mtlbench.records.options_match`), and its other settings (the
+``train``, ``backbone`` and ``dataset`` sections, runtime keys aside) are those
+``mtlbench run`` resolves for the row: a run trained with ``--epochs 2`` or
+``--set train.amp=bf16`` is not a quick-preset run and serves no row
 (:attr:`RecordIndex.variants` names them and the settings that differ; a key
 only one side has, from a record older or newer than this code, is not
 compared).  Several records for one row and seed (e.g. two runs of the same
@@ -31,23 +35,20 @@ Records that cannot be read are reported with their path and what is wrong
 
 Plan.  Every (row, backbone, seed) and the Δ reference is one :class:`Job`
 carrying its resolved config (what ``mtlbench sweep`` trains) and its exact
-``mtlbench run`` command (:func:`mtlbench.runs.command_for`, for display),
+``mtlbench run`` command (:func:`mtlbench.records.command_for`, for display),
 ordered so that a run comes after the runs it loads (``Method.requires``:
 ``stl`` before ``kd_mtl`` and okd with pretrained teachers).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
-from .datasets import dataset_class, needs_root, stand_in_options
-from .options import (canonical_options, effective_overrides, options_key, options_match, same_value,
-                      stale_options)
+from ..records import BadRecord, RecordStore, command_for, run_command, same_value, yaml_scalar
+from .datasets import needs_root, stand_in_options
+from .options import canonical_options, effective_overrides, options_key
 from .spec import TableSpec, display_name
 
 
@@ -84,7 +85,7 @@ def _preset_dataset(preset: str) -> dict:
 def choose_setting(spec: TableSpec, *, dataset: str | None = None, preset: str | None = None,
                    data_root: str | None = None, out: str | Path = "results") -> Setting:
     """The dataset and preset of a table (the rules are in the module docstring)."""
-    from ..config import preset_path
+    from ..config import DEFAULTS, preset_path
 
     if preset is not None:
         preset_path(preset)  # an unknown preset is a UserError naming the presets
@@ -97,13 +98,13 @@ def choose_setting(spec: TableSpec, *, dataset: str | None = None, preset: str |
             raise UserError(f"--dataset: {exc}") from None
     if dataset is None:
         if preset is None:
-            preset = "paper"
+            preset = spec.preset
             dataset = spec.dataset
         else:
             pds = _preset_dataset(preset)["name"]
             dataset = pds if stand_in_options(pds, spec.dataset) is not None else spec.dataset
     elif preset is None:
-        preset = "paper" if dataset == spec.dataset else "quick"
+        preset = spec.preset if dataset == spec.dataset else DEFAULTS["preset"]
     options = {}
     if dataset != spec.dataset:
         options = dict(stand_in_options(dataset, spec.dataset) or {})
@@ -117,80 +118,53 @@ def choose_setting(spec: TableSpec, *, dataset: str | None = None, preset: str |
     return setting
 
 
-def _dataset_defaults(name: str) -> dict:
-    cfg = getattr(dataset_class(name), "Config", None)
-    try:
-        return dataclasses.asdict(cfg()) if cfg is not None else {}
-    except TypeError:
-        return {}
-
-
 # ---------------------------------------------------------------------------
 # the records
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BadRecord:
-    """A file under ``<out>/runs`` that is not a readable run record."""
-
-    path: Path
-    problem: str
-
-    def describe(self) -> str:
-        return f"{self.path}: {self.problem}"
-
-
 class RecordIndex:
-    """Records grouped by (method, backbone, dataset, preset) for matching rows.
+    """The records of a :class:`~mtlbench.records.RecordStore` matched to table rows.
 
     ``problems``: the files under ``runs/`` that could not be read (path and why).
     ``variants``: method -> {record id: the settings in which it differs from the
-    preset}, among the records matched against (they serve no row).
+    preset}, and ``stale``: method -> (records that predate options of it, those
+    options), among the records matched against (they serve no row).
     """
 
-    def __init__(self, records: Iterable[dict], problems: Iterable[BadRecord] = ()):
-        self.by_key: dict[tuple, list[dict]] = {}
-        self.problems = list(problems)
-        #: method -> (records that predate options of it, those options), among the records matched against
+    def __init__(self, store: RecordStore):
+        self.store = store
         self.stale: dict[str, tuple[list[dict], list[str]]] = {}
         self.variants: dict[str, dict[str, list[str]]] = {}
         self._expected: dict[tuple, dict | None] = {}
-        for rec in records:
-            key = (rec.get("method"), rec.get("backbone"), rec.get("dataset"), rec.get("preset"))
-            self.by_key.setdefault(key, []).append(rec)
 
     @classmethod
     def from_dir(cls, out: str | Path) -> "RecordIndex":
         """Every record under ``<out>/runs``; unreadable files go to ``problems``."""
-        records, problems = read_records(out)
-        return cls(records, problems)
+        return cls(RecordStore.scan(out))
+
+    @property
+    def problems(self) -> list[BadRecord]:
+        return self.store.problems
 
     def find(self, method: str, overrides: dict, backbone: str, setting: Setting) -> dict[int, list[dict]]:
         """``{seed: [matching records, newest first]}``."""
         found: dict[int, list[dict]] = {}
-        defaults = _dataset_defaults(setting.dataset) if setting.options else {}
-        for rec in self.by_key.get((method, backbone, setting.dataset, setting.preset), []):
+        must = {"dataset": setting.options}
+        for rec in self.store.candidates(method, backbone, setting.dataset, setting.preset):
             cfg = rec.get("config") or {}
-            ds = {**defaults, **(cfg.get("dataset") or {})}
-            if any(k not in ds or not same_value(ds[k], v) for k, v in setting.options.items()):
-                continue
-            mopts = cfg.get("method") or {}
-            if not options_match(mopts, method, overrides):
-                old = stale_options(mopts, method)
-                if old:
-                    recs, keys = self.stale.setdefault(method, ([], []))
-                    if not any(r is rec for r in recs):
-                        recs.append(rec)
-                        keys.extend(k for k in old if k not in keys)
-                continue
             seed = int(rec.get("seed", cfg.get("seed", 0)))
             expected = self._expected_config(method, overrides, backbone, setting, seed)
-            diffs = setting_differences(cfg, expected) if expected is not None else []
-            if diffs:
+            why = self.store.explain(rec, expected, method=method, options=overrides, must=must)
+            if why is None:
+                found.setdefault(seed, []).append(rec)
+            elif why.what == "options" and why.details:
+                recs, keys = self.stale.setdefault(method, ([], []))
+                if not any(r is rec for r in recs):
+                    recs.append(rec)
+                    keys.extend(k for k in why.details if k not in keys)
+            elif why.what == "settings":
                 rid = str(rec.get("id") or rec.get("_path") or f"{method} seed {seed}")
-                self.variants.setdefault(method, {})[rid] = diffs
-                continue
-            found.setdefault(seed, []).append(rec)
+                self.variants.setdefault(method, {})[rid] = list(why.details)
         for recs in found.values():
             recs.sort(key=lambda r: r.get("created", ""), reverse=True)
         return found
@@ -208,53 +182,6 @@ class RecordIndex:
             except UserError:
                 self._expected[key] = None
         return self._expected[key]
-
-
-#: the config sections compared between a record and the preset (the method's options are
-#: compared by :func:`~mtlbench.tables.options.options_match`)
-SETTING_SECTIONS = ("train", "backbone", "dataset")
-
-
-def _plain(v: Any) -> Any:
-    """A value as a JSON record holds it (tuples as lists)."""
-    return json.loads(json.dumps(v, default=str))
-
-
-def setting_differences(record_config: dict, expected: dict) -> list[str]:
-    """``section.key=value`` for every setting in which a record's config differs from the
-    expected one, on the keys both have (runtime keys and backward-compatible options at
-    their defaults aside: :func:`mtlbench.config.identity_data`)."""
-    from ..config import identity_data
-
-    a, b = identity_data(record_config), identity_data(expected)
-    out = []
-    for section in SETTING_SECTIONS:
-        ra, rb = a.get(section), b.get(section)
-        if not isinstance(ra, dict) or not isinstance(rb, dict):
-            continue
-        for k in sorted(ra.keys() & rb.keys()):
-            va, vb = _plain(ra[k]), _plain(rb[k])
-            if not same_value(va, vb):
-                out.append(f"{section}.{k}={va!r} (the preset: {vb!r})")
-    return out
-
-
-def read_records(out: str | Path) -> tuple[list[dict], list[BadRecord]]:
-    """The records under ``<out>/runs`` and the files there that are not readable records."""
-    from ..runs import read_record
-
-    root = Path(out) / "runs"
-    records, problems = [], []
-    if not root.is_dir():
-        return records, problems
-    for p in sorted(root.rglob("*.json")):
-        try:
-            records.append(read_record(p))
-        except UserError as exc:
-            problems.append(BadRecord(p, str(exc).split("\n  hint:")[0]))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(BadRecord(p, f"cannot be read: {exc}"))
-    return records, problems
 
 
 # ---------------------------------------------------------------------------
@@ -296,7 +223,7 @@ class Job:
 
     def record_path(self, out: str | Path) -> Path | None:
         """Where this run's record goes under results directory ``out`` (None without a config)."""
-        from ..runs import RunPaths
+        from ..records import RunPaths
 
         return None if self.config is None else RunPaths.for_config(self.config, out).record
 
@@ -332,11 +259,10 @@ class JobBuilder:
     def resolve(self, method: str, overrides: dict, backbone: str, seed: int):
         """The run's :class:`~mtlbench.config.ResolvedConfig`, as ``mtlbench run`` would resolve it."""
         from ..config import resolve
-        from ..runs import _yaml_scalar
 
         s = self.setting
-        sets = [f"dataset.{k}={_yaml_scalar(v)}" for k, v in s.options.items()]
-        sets += [f"method.{k}={_yaml_scalar(v)}" for k, v in overrides.items()]
+        sets = [f"dataset.{k}={yaml_scalar(v)}" for k, v in s.options.items()]
+        sets += [f"method.{k}={yaml_scalar(v)}" for k, v in overrides.items()]
         return resolve(preset=s.preset,
                        flags=[("method.name", method, "--method"), ("backbone.name", backbone, "--backbone"),
                               ("dataset.name", s.dataset, "--dataset"),
@@ -344,13 +270,11 @@ class JobBuilder:
                        sets=sets)
 
     def build(self, method: str, overrides: dict, backbone: str, seed: int) -> Job:
-        from ..runs import command_for
-
         job = Job(method, effective_overrides(method, overrides), backbone, seed)
         try:
             job.config = self.resolve(method, job.overrides, backbone, seed)
         except UserError as exc:  # e.g. a plugin that is not installed here
-            job.config_error = str(exc).split("\n  hint:")[0]
+            job.config_error = exc.message
         if job.config is not None:
             job.command = command_for(job.config.data, method, job.overrides, out=self.setting.out)
         else:
@@ -359,24 +283,16 @@ class JobBuilder:
         return job
 
     def manual(self, method: str, overrides: dict, backbone: str, seed: int) -> str:
-        """What ``command_for`` writes, without resolving (for plugins not installed here)."""
-        from ..runs import _yaml_scalar
-
+        """What :func:`~mtlbench.records.command_for` writes, without resolving (for plugins not
+        installed here): the setting's dataset options that the preset does not set, and the
+        method overrides."""
         s = self.setting
-        args = ["mtlbench", "run", "--method", method, "--backbone", backbone, "--dataset", s.dataset,
-                "--preset", s.preset, "--seed", str(seed)]
-        if s.data_root:
-            args += ["--data-root", str(s.data_root)]
         pds = _preset_dataset(s.preset)
         same_ds = pds["name"] == s.dataset
-        for k, v in s.options.items():
-            if not (same_ds and k in pds and same_value(pds[k], v)):
-                args += ["--set", f"dataset.{k}={_yaml_scalar(v)}"]
-        for k, v in overrides.items():
-            args += ["--set", f"method.{k}={_yaml_scalar(v)}"]
-        if Path(s.out) != Path("results"):
-            args += ["--out", str(s.out)]
-        return " ".join(shlex.quote(a) for a in args)
+        sets = [f"dataset.{k}={yaml_scalar(v)}" for k, v in s.options.items()
+                if not (same_ds and k in pds and same_value(pds[k], v))]
+        return run_command(method, backbone, s.dataset, s.preset, seed, data_root=s.data_root, sets=sets,
+                           method_overrides=overrides, out=s.out)
 
     def _with_root_placeholder(self, cmd: str) -> str:
         s = self.setting

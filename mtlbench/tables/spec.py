@@ -1,6 +1,7 @@
 """Table specs: the YAML files beside this module, parsed and checked.
 
-A spec names its dataset, backbone(s), metric columns (``task/metric``),
+A spec names its dataset, the preset of its own setting (``preset``: the
+paper's recipe on that dataset), backbone(s), metric columns (``task/metric``),
 sections of rows (a key, a label, a method and the method options the row
 sets), the row the paper's Δ is measured against (``paper_reference``), rows
 Δ needs that the table does not show (``references``), and the paper's own
@@ -97,6 +98,8 @@ class TableSpec:
     task_metrics: dict[str, list[str]] = field(default_factory=dict)
     #: ``{task: {metric: higher_is_better}}`` of the spec's dataset
     directions: dict[str, dict[str, bool]] = field(default_factory=dict)
+    #: the preset of the table's own setting (on its own dataset: the paper's recipe), key ``preset``
+    preset: str = ""
     #: ``--override`` options applied to the rows (``{method: {option: value}}``)
     applied_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -241,7 +244,7 @@ def parse_spec(data: dict, source: str = "") -> TableSpec:
             for k, v in (data.get("references") or {}).items()}
     spec = TableSpec(id=str(data["id"]), title=str(data["title"]), dataset=dataset,
                      backbones=backbones, columns=columns, delta=has_delta,
-                     paper_reference=str(data["paper_reference"]),
+                     paper_reference=str(data["paper_reference"]), preset=str(data["preset"]),
                      sections=sections, references=refs,
                      flag_columns=list(data.get("flag_columns") or []),
                      notes=[str(n) for n in data.get("notes") or []], source=source,
