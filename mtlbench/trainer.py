@@ -38,8 +38,9 @@ from . import __version__
 from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
+from .models import assemble
 from .progress import Progress
-from .registry import DATASETS, METHODS, assemble
+from .registry import DATASETS, METHODS
 from .runs import (SCHEMA_VERSION, RunContext, RunLock, RunPaths, atomic_torch_save,
                    atomic_write_bytes, atomic_write_json, find_runs, strict_json)
 
