@@ -220,10 +220,9 @@ class GradientMethod(Method):
 
         * under autocast torch.vmap fails on the mixed-precision backward (on the
           CPU, deeplabv3 with bf16: "expected scalar type BFloat16 but found Float");
-        * on the CPU the loop is faster: torch.vmap has no batching rule for the CPU
-          flash-attention backward and falls back to a slow per-sample loop (ViT-tiny,
-          quick preset, 1 thread: 0.6 s of CPU time for the three tasks' encoder
-          backward passes one by one, 0.8-0.9 s vmapped).
+        * on the CPU torch.vmap has no batching rule for the CPU flash-attention
+          backward and falls back to a per-sample loop, slower than the plain loop
+          (timings: docs/BENCHMARKS.md).
         """
         if self.cfg.jac_chunk_size:
             return self.cfg.jac_chunk_size

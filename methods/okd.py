@@ -43,8 +43,8 @@ option                        ``text`` (the paper, Eq. 2-3)      ``script`` (the
 **The default profile is ``script``**: it is what produced the published
 numbers (Tables 1-5), so it is the method as its authors ran it; ``text`` is
 the method as readers of the paper implement it, and is one flag away
-(``--set method.profile=text``).  On our data the text profile collapses
-(docs/RESULTS.md).  Note what the script's OTW does at T = 0.1: exp(m/T) hits
+(``--set method.profile=text``); what each profile gives is in docs/RESULTS.md.
+Note what the script's OTW does at T = 0.1: exp(m/T) hits
 the cap of 10 as soon as m > T·ln 10 ≈ 0.23, so for ordinary loss ratios every
 term is capped and λ_i = 1 for all tasks: equal weighting, unless a task's
 multi-task loss falls below about a quarter of its single-task loss.
@@ -283,7 +283,7 @@ class OKD(Method):
 
     @classmethod
     def figures(cls):
-        from mtlbench.methods.okd_figures import FIGURES
+        from mtlbench.methods._okd_figures import FIGURES
 
         return FIGURES
 

@@ -9,7 +9,7 @@ The core draws figures that fit any run:
   (``keys=["weight/*", "cos/*"]``) over the iterations, one panel per pattern.
 
 A method adds its own through :meth:`mtlbench.api.Method.figures` (OKD-MTL:
-the paper's Fig. 3 and Fig. 4, in ``methods/okd_figures.py``).
+the paper's Fig. 3 and Fig. 4, in ``methods/_okd_figures.py``).
 :func:`available_figures` lists them all; :func:`make_plot` draws one by name.
 
 Records: schema-1 records hold their per-step log inline (``history.steps``);

@@ -13,8 +13,9 @@
   NYUv2-like data (the paper's Fig. 4 is on NYUv2), preferring the method's
   default settings.
 
-This module registers nothing (the registry imports every module of
-``methods/``) and imports matplotlib only when drawing.
+This module registers nothing (the leading underscore keeps the registry, which
+imports every other module of ``methods/``, from taking it for a plugin) and
+imports matplotlib only when drawing.
 """
 from __future__ import annotations
 
