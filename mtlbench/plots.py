@@ -42,7 +42,8 @@ FORMATS = ("png", "pdf")
 STEP_INDEX_KEYS = ("step", "epoch")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, for figures (methods' too); a UserError without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -52,6 +53,9 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot  # the old private name, kept working for one release
 
 
 def warn(text: str) -> None:
