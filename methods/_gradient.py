@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from mtlbench.api import Method, StepOutput
+from mtlbench.config import option
 from mtlbench.errors import UserError
 
 GRAD_ON = ("params", "features")
@@ -73,14 +74,10 @@ SOLVERS_HINT = 'pip install -e ".[solvers]"'
 class GradientConfig:
     """Options every gradient-based method has."""
 
-    grad_on: str = "params"  # params: Jacobian on the shared parameters (as published) | features: on the shared representation (rep-grad)
-    jac_chunk_size: int = 0  # params only: tasks back-propagated together (0: auto, all via torch.vmap on CUDA in fp32, else one by one; k: k at once)
-
-    def validate(self) -> None:
-        if self.grad_on not in GRAD_ON:
-            raise ValueError(f"grad_on must be one of {', '.join(GRAD_ON)}, got {self.grad_on!r}")
-        if self.jac_chunk_size < 0:
-            raise ValueError(f"jac_chunk_size must be >= 0 (0: auto), got {self.jac_chunk_size}")
+    # params: Jacobian on the shared parameters (as published) | features: on the shared representation (rep-grad)
+    grad_on: str = option("params", choices=GRAD_ON)
+    # params only: tasks back-propagated together (0: auto, all via torch.vmap on CUDA in fp32, else one by one; k: k at once)
+    jac_chunk_size: int = option(0, ge=0)
 
 
 def missing_packages(names) -> list[str]:
@@ -223,10 +220,9 @@ class GradientMethod(Method):
 
         * under autocast torch.vmap fails on the mixed-precision backward (on the
           CPU, deeplabv3 with bf16: "expected scalar type BFloat16 but found Float");
-        * on the CPU the loop is faster: torch.vmap has no batching rule for the CPU
-          flash-attention backward and falls back to a slow per-sample loop (ViT-tiny,
-          quick preset, 1 thread: 0.6 s of CPU time for the three tasks' encoder
-          backward passes one by one, 0.8-0.9 s vmapped).
+        * on the CPU torch.vmap has no batching rule for the CPU flash-attention
+          backward and falls back to a per-sample loop, slower than the plain loop
+          (timings: docs/BENCHMARKS.md).
         """
         if self.cfg.jac_chunk_size:
             return self.cfg.jac_chunk_size

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 from ._gradient import GradientConfig, GradientMethod
@@ -26,12 +27,8 @@ SCALE_MODES = ("min", "median", "rmse")
 class AlignedMTLConfig(GradientConfig):
     """Options of ``aligned_mtl``."""
 
-    scale_mode: str = "min"  # eigenvalue setting the aligned gradients' scale: min (the paper) | median | rmse
-
-    def validate(self) -> None:
-        super().validate()
-        if self.scale_mode not in SCALE_MODES:
-            raise ValueError(f"scale_mode must be one of {', '.join(SCALE_MODES)}, got {self.scale_mode!r}")
+    # eigenvalue setting the aligned gradients' scale: min (the paper) | median | rmse
+    scale_mode: str = option("min", choices=SCALE_MODES)
 
 
 @METHODS.register("aligned_mtl")

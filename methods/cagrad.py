@@ -24,9 +24,9 @@ missing.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 from ._gradient import GradientConfig, GradientMethod
@@ -36,12 +36,7 @@ from ._gradient import GradientConfig, GradientMethod
 class CAGradConfig(GradientConfig):
     """Options of ``cagrad``."""
 
-    c: float = 0.4  # radius of the ball around the mean gradient, relative to its norm (paper: 0.4 on NYUv2/Cityscapes)
-
-    def validate(self) -> None:
-        super().validate()
-        if not (self.c >= 0 and math.isfinite(self.c)):
-            raise ValueError(f"c must be a non-negative number, got {self.c}")
+    c: float = option(0.4, ge=0)  # radius of the ball around the mean gradient, relative to its norm (paper: 0.4 on NYUv2/Cityscapes)
 
 
 @METHODS.register("cagrad")

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from mtlbench.api import Method, MultiTaskNet
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -62,18 +63,11 @@ from mtlbench.registry import METHODS
 class CrossStitchConfig:
     """Options of ``cross_stitch``."""
 
-    groups: int | list[int] | None = None  # stitch points: None (auto), k equal groups, or group sizes
-    stitch_lr_mult: float = 1.0  # α's peak lr / train.lr (Misra: 1e2-1e3)
-    alpha_self: float = 0.9  # initial α_ii
-    alpha_other: float = 0.1  # initial α_ij, i != j
-
-    def validate(self) -> None:
-        if isinstance(self.groups, int) and self.groups < 1:
-            raise ValueError(f"groups must be a positive number of groups, got {self.groups}")
-        if isinstance(self.groups, list) and (not self.groups or any(g < 1 for g in self.groups)):
-            raise ValueError(f"groups as a list holds positive group sizes, got {self.groups}")
-        if self.stitch_lr_mult <= 0:
-            raise ValueError(f"stitch_lr_mult must be positive, got {self.stitch_lr_mult}")
+    # stitch points: None (auto), k equal groups, or a list of group sizes (each >= 1)
+    groups: int | list[int] | None = option(None, ge=1, min_items=1, example=4)
+    stitch_lr_mult: float = option(1.0, gt=0)  # α's peak lr / train.lr (Misra: 1e2-1e3)
+    alpha_self: float = option(0.9)  # initial α_ii (any finite number)
+    alpha_other: float = option(0.1)  # initial α_ij, i != j (any finite number)
 
 
 def resolve_groups(groups: int | Sequence[int] | None, num_layers: int) -> list[int]:

@@ -76,9 +76,6 @@ class DWA(Method):
     def on_epoch_start(self, epoch):
         self.weights = self.weights_for_epoch(epoch)
 
-    def loss_weights(self, losses):
-        return {t: self.weights[t] for t in losses}
-
     def training_step(self, batch):
         preds = self.model(batch["image"])
         losses = self.task_losses(preds, batch)

@@ -40,7 +40,6 @@ D_i is floored at ε (ℓ_i < b_i would make the logarithm undefined).
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from mtlbench.api import Method, OptimizerSpec, StepOutput
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 
@@ -93,20 +93,10 @@ def famo_logit_grad(z: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 class FAMOConfig:
     """Options of ``famo``."""
 
-    lr: float = 0.025  # Adam learning rate β of the logits (the paper)
-    weight_decay: float = 1e-3  # γ, as Adam's weight decay on the logits (Algorithm 2, LibMTL; official code 1e-5)
-    min_loss: float = 0.0  # b: lower bound of every task's loss
-    eps: float = 1e-8  # ε added to ℓ − b before the logarithm (official code)
-
-    def validate(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay}")
-        if not math.isfinite(self.min_loss):
-            raise ValueError(f"min_loss must be a finite number, got {self.min_loss}")
-        if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a positive number, got {self.eps}")
+    lr: float = option(0.025, gt=0)  # Adam learning rate β of the logits (the paper)
+    weight_decay: float = option(1e-3, ge=0)  # γ, as Adam's weight decay on the logits (Algorithm 2, LibMTL; official code 1e-5)
+    min_loss: float = option(0.0)  # b: lower bound of every task's loss (any finite number)
+    eps: float = option(1e-8, gt=0)  # ε added to ℓ − b before the logarithm (official code)
 
 
 @METHODS.register("famo")

@@ -27,22 +27,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
-from ._gradient import GradientConfig, GradientMethod
+from ._gradient import GRAD_ON, GradientConfig, GradientMethod
 
 
 @dataclass
 class GradDropConfig(GradientConfig):
     """Options of ``graddrop``; ``grad_on`` defaults to the paper's ``features``."""
 
-    grad_on: str = "features"  # features: at the shared activations (the paper) | params
-    leak: float = 0.0  # share of every task's gradient that always passes (paper: 0)
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 <= self.leak <= 1.0:
-            raise ValueError(f"leak must be in [0, 1], got {self.leak}")
+    grad_on: str = option("features", choices=GRAD_ON)  # features: at the shared activations (the paper) | params
+    leak: float = option(0.0, ge=0, le=1)  # share of every task's gradient that always passes (paper: 0)
 
 
 @METHODS.register("graddrop")

@@ -56,13 +56,13 @@ backward).  Step-time figures: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mtlbench.api import Method, OptimizerSpec, StepOutput
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -75,18 +75,9 @@ MIN_WEIGHT = 1e-3
 class GradNormConfig:
     """Options of ``gradnorm``."""
 
-    alpha: float = 1.5  # strength of the restoring force (the paper's NYUv2 value)
-    weight_lr: float = 0.025  # Adam lr of the task weights (KD4MTL, LibMTL: 1e-4; see the docstring)
-    shared_params: str = "last"  # W: last (the last shared layer, the paper) | all (LibMTL)
-
-    def validate(self) -> None:
-        if self.shared_params not in SHARED_CHOICES:
-            raise ValueError(f"shared_params must be one of {', '.join(SHARED_CHOICES)}, "
-                             f"got {self.shared_params!r}")
-        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a non-negative number, got {self.alpha}")
-        if not (self.weight_lr > 0 and math.isfinite(self.weight_lr)):
-            raise ValueError(f"weight_lr must be a positive number, got {self.weight_lr}")
+    alpha: float = option(1.5, ge=0)  # strength of the restoring force (the paper's NYUv2 value)
+    weight_lr: float = option(0.025, gt=0)  # Adam lr of the task weights (KD4MTL, LibMTL: 1e-4; see the docstring)
+    shared_params: str = option("last", choices=SHARED_CHOICES)  # W: last (the last shared layer, the paper) | all (LibMTL)
 
 
 @METHODS.register("gradnorm")

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
-from ._gradient import GradientConfig, GradientMethod
+from ._gradient import GRAD_ON, GradientConfig, GradientMethod
 
 
 @dataclass
 class IMTLGConfig(GradientConfig):
     """Options of ``imtl_g`` (only the shared ones; ``grad_on`` defaults to the paper's ``features``)."""
 
-    grad_on: str = "features"  # features: on the shared feature z (the paper's Algorithm 1) | params
+    grad_on: str = option("features", choices=GRAD_ON)  # features: on the shared feature z (the paper's Algorithm 1) | params
 
 
 @METHODS.register("imtl_g")

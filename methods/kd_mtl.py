@@ -53,7 +53,7 @@ The deployable model is the multi-task network alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlbench.api import Encoder, Method, OptimizerSpec, StepOutput, TrainContext, count_parameters
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -73,10 +74,11 @@ class KDMTLConfig:
     """Options of ``kd_mtl`` (defaults: the official KD4MTL code)."""
 
     teacher_run: str | None = None  # a finished `stl` run's record (.json); None: find it in --out
-    teacher_mode: str = "eval"  # eval | train (the official code: train, i.e. never eval())
-    lambdas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LAMBDAS))  # λ_t by task
-    adaptor_lr: float = 0.1  # Adam lr of the adaptors (official --alr)
-    adaptor_weight_decay: float = 5e-4  # Adam weight decay of the adaptors
+    teacher_mode: str = option("eval", choices=("eval", "train"))  # the official code: train, i.e. never eval()
+    # λ_t by task, each >= 0 (a task left out gets 1)
+    lambdas: dict[str, float] = option(default_factory=lambda: dict(DEFAULT_LAMBDAS), ge=0)
+    adaptor_lr: float = option(0.1, gt=0)  # Adam lr of the adaptors (official --alr)
+    adaptor_weight_decay: float = option(5e-4, ge=0)  # Adam weight decay of the adaptors
 
     def __post_init__(self) -> None:
         # Store whole numbers as floats, so {normal: 2} and the default {normal: 2.0}
@@ -84,18 +86,6 @@ class KDMTLConfig:
         if isinstance(self.lambdas, dict):
             self.lambdas = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
                             for k, v in self.lambdas.items()}
-
-    def validate(self) -> None:
-        if self.teacher_mode not in ("eval", "train"):
-            raise ValueError(f"teacher_mode must be eval or train, got {self.teacher_mode!r}")
-        for k, v in self.lambdas.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"lambdas must map task names to non-negative numbers, got {k!r}: {v!r} "
-                                 f"(e.g. --set method.lambdas={{semseg: 1, depth: 1, normal: 2}})")
-        if self.adaptor_lr <= 0:
-            raise ValueError(f"adaptor_lr must be positive, got {self.adaptor_lr}")
-        if self.adaptor_weight_decay < 0:
-            raise ValueError(f"adaptor_weight_decay must be >= 0, got {self.adaptor_weight_decay}")
 
 
 def channel_normalize(x: torch.Tensor) -> torch.Tensor:

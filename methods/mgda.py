@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 from ._gradient import GradientConfig, GradientMethod
@@ -37,15 +38,8 @@ from ._gradient import GradientConfig, GradientMethod
 class MGDAConfig(GradientConfig):
     """Options of ``mgda``; ``grad_on: features`` is MGDA-UB."""
 
-    max_iters: int = 250  # Frank-Wolfe iterations at most (official code's MAX_ITER)
-    epsilon: float = 1e-5  # stop when the line-search step falls below this (official STOP_CRIT)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.max_iters < 1:
-            raise ValueError(f"max_iters must be >= 1, got {self.max_iters}")
-        if not self.epsilon >= 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+    max_iters: int = option(250, ge=1)  # Frank-Wolfe iterations at most (official code's MAX_ITER)
+    epsilon: float = option(1e-5, ge=0)  # stop when the line-search step falls below this (official STOP_CRIT)
 
 
 @METHODS.register("mgda")

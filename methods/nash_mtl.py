@@ -24,10 +24,10 @@ Needs the optional packages ``cvxpy`` and ``ecos`` (``pip install -e
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
+from mtlbench.config import option
 from mtlbench.registry import METHODS
 
 from ._gradient import GradientConfig, GradientMethod
@@ -37,18 +37,9 @@ from ._gradient import GradientConfig, GradientMethod
 class NashMTLConfig(GradientConfig):
     """Options of ``nash_mtl``."""
 
-    optim_niter: int = 20  # concave-convex iterations per solve (official code: 20)
-    update_weights_every: int = 1  # solve for α every this many steps, reuse it in between
-    max_norm: float = 1.0  # clip the update's norm to this (0: no clipping; official code: 1.0)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.optim_niter < 1:
-            raise ValueError(f"optim_niter must be >= 1, got {self.optim_niter}")
-        if self.update_weights_every < 1:
-            raise ValueError(f"update_weights_every must be >= 1, got {self.update_weights_every}")
-        if not (self.max_norm >= 0 and math.isfinite(self.max_norm)):
-            raise ValueError(f"max_norm must be a non-negative number, got {self.max_norm}")
+    optim_niter: int = option(20, ge=1)  # concave-convex iterations per solve (official code: 20)
+    update_weights_every: int = option(1, ge=1)  # solve for α every this many steps, reuse it in between
+    max_norm: float = option(1.0, ge=0)  # clip the update's norm to this (0: no clipping; official code: 1.0)
 
 
 @METHODS.register("nash_mtl")

@@ -43,8 +43,8 @@ option                        ``text`` (the paper, Eq. 2-3)      ``script`` (the
 **The default profile is ``script``**: it is what produced the published
 numbers (Tables 1-5), so it is the method as its authors ran it; ``text`` is
 the method as readers of the paper implement it, and is one flag away
-(``--set method.profile=text``).  On our data the text profile collapses
-(docs/RESULTS.md).  Note what the script's OTW does at T = 0.1: exp(m/T) hits
+(``--set method.profile=text``); what each profile gives is in docs/RESULTS.md.
+Note what the script's OTW does at T = 0.1: exp(m/T) hits
 the cap of 10 as soon as m > T·ln 10 ≈ 0.23, so for ordinary loss ratios every
 term is capped and λ_i = 1 for all tasks: equal weighting, unless a task's
 multi-task loss falls below about a quarter of its single-task loss.
@@ -118,6 +118,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlbench.api import Method, OptimizerSpec, StepOutput, TaskNetworks, TrainContext
+from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
 
@@ -152,42 +153,27 @@ class OKDConfig:
     The options left at None take their ``profile``'s value (see the module docstring).
     """
 
-    profile: str = "script"  # script (the authors' training script) | text (the paper's text)
-    afd: str = "ours"  # ours | equal | softmax | select_skip | last_layer | none (Table 5)
-    afd_features: str | None = None  # raw (text) | normalized (script): what AFD compares
-    omega_init: str | None = None  # uniform_2_over_n (text) | uniform_0_1 (script)
-    omega_optimizer: str | None = None  # shared (text: the run's optimiser) | adam (script: own Adam)
+    profile: str = option("script", choices=PROFILES)  # script (the authors' training script) | text (the paper's text)
+    afd: str = option("ours", choices=AFD_VARIANTS)  # the AFD variant (Table 5)
+    # raw (text) | normalized (script): what AFD compares
+    afd_features: str | None = option(None, choices=CHOICES["afd_features"])
+    # uniform_2_over_n (text) | uniform_0_1 (script)
+    omega_init: str | None = option(None, choices=CHOICES["omega_init"])
+    # shared (text: the run's optimiser) | adam (script: own Adam)
+    omega_optimizer: str | None = option(None, choices=CHOICES["omega_optimizer"])
     otw: bool = True  # online task weighting (Eq. 3); false: λ_i = 1
-    otw_schedule: str | None = None  # step (text: Eq. 3 every step) | epoch (script: per epoch, capped)
-    T: float = 0.1  # OTW temperature (the paper: 0.1; Table 5 right)
-    stl_train_fraction: float | None = None  # share of the run the single-task nets train (text 1, script 1/3)
-    warmup_epochs: int = 5  # single-task networks alone first, before the run's schedule (the paper: 5)
-    warmup_max_fraction: float = 0.25  # cap the warm-up at this share of train.epochs
-    teachers: str = "online"  # online | pretrained (frozen nets of an `stl` run, Table 4)
+    # step (text: Eq. 3 every step) | epoch (script: per epoch, capped)
+    otw_schedule: str | None = option(None, choices=CHOICES["otw_schedule"])
+    T: float = option(0.1, gt=0)  # OTW temperature (the paper: 0.1; Table 5 right)
+    # share of the run the single-task nets train (text 1, script 1/3)
+    stl_train_fraction: float | None = option(None, gt=0, le=1, example=1.0)
+    warmup_epochs: int = option(5, ge=0)  # single-task networks alone first, before the run's schedule (the paper: 5)
+    warmup_max_fraction: float = option(0.25, ge=0, le=1)  # cap the warm-up at this share of train.epochs
+    teachers: str = option("online", choices=TEACHERS)  # online | pretrained (frozen nets of an `stl` run, Table 4)
     teacher_run: str | None = None  # teachers=pretrained: this stl record instead of searching
 
     def validate(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"method.profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if self.afd not in AFD_VARIANTS:
-            raise ValueError(f"method.afd must be one of {', '.join(AFD_VARIANTS)}, got {self.afd!r}")
-        for key, allowed in CHOICES.items():
-            v = getattr(self, key)
-            if v is not None and v not in allowed:
-                raise ValueError(f"method.{key} must be one of {', '.join(allowed)} (or null: the "
-                                 f"profile's), got {v!r}")
-        if self.teachers not in TEACHERS:
-            raise ValueError(f"method.teachers must be online or pretrained, got {self.teachers!r}")
-        if not (self.T > 0 and math.isfinite(self.T)):
-            raise ValueError(f"method.T (OTW temperature) must be > 0, got {self.T}")
-        if self.stl_train_fraction is not None and not 0.0 < self.stl_train_fraction <= 1.0:
-            raise ValueError("method.stl_train_fraction must be in (0, 1] (or null: the profile's), "
-                             f"got {self.stl_train_fraction}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"method.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if not 0.0 <= self.warmup_max_fraction <= 1.0:
-            raise ValueError("method.warmup_max_fraction must be in [0, 1], "
-                             f"got {self.warmup_max_fraction}")
+        """The one rule that ties two options together (ranges and choices: :func:`option`)."""
         if self.teacher_run is not None and self.teachers != "pretrained":
             raise ValueError("method.teacher_run names an stl run for frozen teachers; "
                              "it needs method.teachers=pretrained")
@@ -297,7 +283,7 @@ class OKD(Method):
 
     @classmethod
     def figures(cls):
-        from mtlbench.methods.okd_figures import FIGURES
+        from mtlbench.methods._okd_figures import FIGURES
 
         return FIGURES
 

@@ -36,8 +36,9 @@ Every option declares its allowed values once, beside its default, with
 :func:`build_dataclass` checks every given value while the config resolves,
 before any model or data is built; a violation is a ``UserError`` naming the
 key, the layer it came from, the allowed range or choices and an example
-(``hint: e.g. --set method.T=2.0``).  ``None`` passes when the type allows it;
-bounds and choices apply to each element of a list; floats must be finite
+(``hint: e.g. --set method.T=2.0``).  ``None`` passes when the type allows it
+(the message then says "or null"); bounds and choices apply to each element
+of a list and to each value of a dict; floats must be finite
 (``finite=False`` allows inf/nan).  An option added after records exist can
 pass ``hash_default=False``: at its default it is left out of the config hash
 (:func:`identity_data`), so older records keep their identity.  A plugin may
@@ -139,6 +140,12 @@ class Check:
                 if why:
                     return f"element {i} ({_flow(v)}) {why}"
             return None
+        if isinstance(value, dict):
+            for k, v in value.items():
+                why = self.problem(v)
+                if why:
+                    return f"entry {_flow(k)} ({_flow(v)}) {why}"
+            return None
         if self.choices is not None:
             return None if value in self.choices else f"must be {self.describe()}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -186,6 +193,13 @@ def option(default: Any = _MISSING, *, default_factory: Any = _MISSING,
 def option_check(f: dataclasses.Field) -> Check | None:
     """The :class:`Check` of a dataclass field declared with :func:`option`, if any."""
     return f.metadata.get(CHECK_KEY) if f.metadata else None
+
+
+def _or_null(why: str, tp: Any) -> str:
+    """``why``, saying that null is allowed too when the annotation ``tp`` admits None."""
+    if why.startswith("element ") or why.startswith("entry "):
+        return why
+    return why + ", or null" if type(None) in typing.get_args(tp) else why
 
 
 def _num(x: float) -> str:
@@ -556,6 +570,7 @@ def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, st
                 f"got {value!r} (from {where})", hint=_hint(section, f, check))
         why = check.problem(coerced) if check is not None else _finite_problem(coerced)
         if why:
+            why = _or_null(why, hints[key])
             raise UserError(f"config key {section}.{key} {why}; got {_flow(value)} (from {where})",
                             hint=_hint(section, f, check))
         kwargs[key] = coerced
@@ -593,11 +608,13 @@ def check_options(obj: Any, section: str = "config") -> None:
     Raises a ``UserError`` like the resolver's.  For configs built outside the
     resolver (tests, ``test_overrides``); the resolver checks each value as it comes.
     """
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         check = option_check(f)
         value = getattr(obj, f.name)
         why = check.problem(value) if check is not None else _finite_problem(value)
         if why:
+            why = _or_null(why, hints.get(f.name))
             raise UserError(f"config key {section}.{f.name} {why}; got {_flow(value)}",
                             hint=_hint(section, f, check))
 

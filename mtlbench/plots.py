@@ -9,7 +9,7 @@ The core draws figures that fit any run:
   (``keys=["weight/*", "cos/*"]``) over the iterations, one panel per pattern.
 
 A method adds its own through :meth:`mtlbench.api.Method.figures` (OKD-MTL:
-the paper's Fig. 3 and Fig. 4, in ``methods/okd_figures.py``).
+the paper's Fig. 3 and Fig. 4, in ``methods/_okd_figures.py``).
 :func:`available_figures` lists them all; :func:`make_plot` draws one by name.
 
 Records: schema-1 records hold their per-step log inline (``history.steps``);
@@ -42,7 +42,8 @@ FORMATS = ("png", "pdf")
 STEP_INDEX_KEYS = ("step", "epoch")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, for figures (methods' too); a UserError without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -52,6 +53,9 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot  # the old private name, kept working for one release
 
 
 def warn(text: str) -> None:
@@ -341,7 +345,7 @@ def save_figure(fig, out: str | Path) -> Path:
 
 def plot_curves(records: Iterable[dict], out: str | Path) -> Path:
     """Per task: the mean training loss per epoch (top) and the primary validation metric (bottom)."""
-    plt = _plt()
+    plt = pyplot()
     recs = [(r, epoch_rows(r)) for r in records]
     recs = [(r, rows) for r, rows in recs if rows]
     if not recs:
@@ -395,7 +399,7 @@ def step_keys(records: Iterable[dict], pattern: str) -> list[str]:
 def plot_steps(records: Iterable[dict], out: str | Path, keys: Sequence[str] | str = ("loss/*",),
                smoothing: float = 0.0) -> Path:
     """Per-step logged values whose keys match ``keys`` (shell patterns), one panel per pattern."""
-    plt = _plt()
+    plt = pyplot()
     patterns = [keys] if isinstance(keys, str) else list(keys)
     if not patterns:
         raise UserError("the steps figure needs at least one key pattern", hint="e.g. --keys 'loss/*'")

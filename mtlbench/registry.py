@@ -4,7 +4,12 @@ Built-in plugins register with a decorator (``@METHODS.register("okd")``).
 Third-party packages declare entry points in the groups ``mtlbench.methods``,
 ``mtlbench.backbones`` and ``mtlbench.datasets``; those are loaded lazily, the
 first time a registry is looked up.  A duplicate name is an error naming both
-origins; an unknown name is an error listing close matches and every name.
+origins; an unknown name is an error listing close matches and every name.  A
+plugin that fails to import is an error on every lookup of its registry, not
+only the first (a registry is never used half-loaded).
+
+The build sequence of a resolved config (dataset, tasks, backbone, method) is
+:func:`mtlbench.models.assemble`.
 """
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ class Registry:
         self._builtin_packages = builtin_packages
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
-        self._loaded = False
+        self._loaded = False  # every plugin imported
+        self._loading = False  # importing them now (a plugin may look the registry up meanwhile)
+        self._failure: UserError | None = None  # why importing the plugins failed, raised on every lookup
 
     # -- registration -------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] | list[str] = (),
@@ -56,7 +63,12 @@ class Registry:
 
         return deco
 
-    def add(self, name: str, obj: Any, *, aliases: tuple[str, ...] = (), origin: str) -> None:
+    def add(self, name: str, obj: Any, *, aliases: tuple[str, ...] = (), origin: str,
+            hint: str | None = None) -> None:
+        """Register ``obj``; a name or alias another object holds is an error naming both origins.
+
+        ``hint``: how to fix a duplicate (default: rename one of the two).
+        """
         for key in (name, *aliases):
             prev = self._entries.get(key) or (self._entries.get(self._aliases[key])
                                                if key in self._aliases else None)
@@ -64,7 +76,7 @@ class Registry:
                 raise UserError(
                     f"duplicate {self.kind} name {key!r}: registered by {prev.origin} "
                     f"and again by {origin}",
-                    hint=f"rename one of the two {self.kind}s")
+                    hint=hint or f"rename one of the two {self.kind}s")
         try:
             obj.registry_name = name
         except (AttributeError, TypeError):
@@ -75,31 +87,47 @@ class Registry:
 
     # -- loading ------------------------------------------------------------
     def _ensure_loaded(self) -> None:
-        if self._loaded:
+        """Import every plugin once; if that failed, raise the same error on every lookup."""
+        if self._failure is not None:
+            raise self._failure
+        if self._loaded or self._loading:
             return
+        self._loading = True
+        try:
+            self._load()
+        except UserError as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._loading = False
         self._loaded = True
+
+    def _load(self) -> None:
         for pkg_name in self._builtin_packages:
             pkg = importlib.import_module(pkg_name)
             for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
                 if not mod.name.startswith("_"):
-                    importlib.import_module(f"{pkg_name}.{mod.name}")
+                    name = f"{pkg_name}.{mod.name}"
+                    try:
+                        importlib.import_module(name)
+                    except UserError:
+                        raise
+                    except Exception as exc:
+                        raise UserError(f"could not import the built-in {self.kind} plugin {name}: "
+                                        f"{type(exc).__name__}: {exc}",
+                                        hint="a broken install or a bug: `mtlbench --debug ...` shows the "
+                                             'traceback; reinstall with pip install -e .') from exc
         for ep in _entry_points(self.group):
             if ep.name in self._entries and self._entries[ep.name].origin.startswith("entry point"):
                 continue
             dist = getattr(getattr(ep, "dist", None), "name", "?")
             origin = f"entry point {dist}:{ep.value}"
-            if ep.name in self._entries or ep.name in self._aliases:
-                prev = self._entries.get(ep.name) or self._entries[self._aliases[ep.name]]
-                raise UserError(
-                    f"duplicate {self.kind} name {ep.name!r}: registered by {prev.origin} "
-                    f"and again by {origin}",
-                    hint=f"rename the entry point in the {dist} package")
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not break the harness
+            except Exception as exc:
                 raise UserError(f"could not load {self.kind} plugin {ep.name!r} from {origin}: {exc}",
                                 hint=f"fix or uninstall the {dist} package") from exc
-            self.add(ep.name, obj, origin=origin)
+            self.add(ep.name, obj, origin=origin, hint=f"rename the entry point in the {dist} package")
 
     # -- lookup -------------------------------------------------------------
     def names(self) -> list[str]:
@@ -145,18 +173,15 @@ BACKBONES = Registry("backbone", "mtlbench.backbones", ("mtlbench.backbones",))
 DATASETS = Registry("dataset", "mtlbench.datasets", ("mtlbench.data",))
 
 
-def assemble(cfg: Any, dataset: Any = None) -> tuple[Any, dict, Any, Any]:
-    """The one build sequence of a resolved config: dataset -> tasks -> backbone factory -> method
-    (on the CPU).
+def __getattr__(name: str) -> Any:
+    # ``from mtlbench.registry import assemble`` keeps working for one release (it moved to
+    # mtlbench.models, being no registry work); remove this in the release after.
+    if name == "assemble":
+        import warnings
 
-    Used by :func:`mtlbench.trainer.build` (training) and
-    :func:`mtlbench.runs.load_trained_method` (a finished run's networks).
-    ``dataset``: an already built dataset plugin.
-    """
-    if dataset is None:
-        dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
-    tasks = dataset.tasks()
-    factory = BACKBONES.get(cfg.name("backbone"))(cfg.backbone, tasks)
-    factory.check_image_size(cfg.dataset.image_size)
-    method = METHODS.get(cfg.name("method"))(cfg.method, tasks, factory)
-    return dataset, tasks, factory, method
+        from .models import assemble
+
+        warnings.warn("mtlbench.registry.assemble moved to mtlbench.models.assemble; import it from "
+                      "there (the old name goes in the next release)", DeprecationWarning, stacklevel=2)
+        return assemble
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -134,7 +134,7 @@ def load_trained_method(record: dict, device: str = "cpu"):
     import torch
 
     from .config import from_dict
-    from .registry import assemble
+    from .models import assemble
 
     ckpt_path = checkpoint_of(record)
     if ckpt_path is None:

@@ -35,9 +35,10 @@ from torch.utils.data import DataLoader, RandomSampler
 from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
+from .models import assemble
 from .progress import Progress
 from .records import RunPaths, StepLog, atomic_torch_save, make_record, write_record
-from .registry import DATASETS, assemble
+from .registry import DATASETS
 from .runs import RunContext, RunLock
 
 

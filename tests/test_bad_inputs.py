@@ -182,20 +182,22 @@ CASES = [
     Case("run-data-label-out-of-range", f"{RUN} --dataset nyuv2 --data-root {{label_dir}}",
          ["label", "0.npy"], guard=None, forbid=["lower train.lr"]),
     # --- table ------------------------------------------------------------------------------
-    Case("table-id-7", "table --id 7 --out {results}", ["--id", "7"]),
-    Case("table-id-file-missing", "table --id {tmp}/nope.yaml --out {results}", ["nope.yaml"]),
-    Case("table-id-not-a-spec", "table --id {okd_T} --out {results}", ["{okd_T}"]),
-    Case("table-seeds-empty-entry", "table --id 1 --seeds 0,,1 --out {results}", ["--seeds", "0,,1"]),
-    Case("table-seeds-word", "table --id 1 --seeds a --out {results}", ["--seeds"]),
-    Case("table-seeds-backwards", "table --id 1 --seeds 3-1 --out {results}", ["--seeds"]),
-    Case("table-out-missing", "table --id 1 --out {tmp}/nowhere", ["--out", "nowhere"]),
-    Case("table-out-file", "table --id 1 --out {afile}", ["--out", "{afile}"]),
-    Case("table-delta-ref", "table --id 1 --delta-ref nosuch --out {results}", ["--delta-ref", "nosuch"]),
-    Case("table-format", "table --id 1 --format xml --out {results}", ["--format"]),
-    Case("table-preset", "table --id 1 --preset fast --out {results}", ["fast"]),
-    Case("table-dataset", "table --id 1 --dataset nosuch --out {results}", ["nosuch"]),
-    Case("table-compare-one-row", "table --id 1 --compare okd --out {results}", ["--compare"]),
-    Case("table-override-malformed", "table --id 1 --override nonsense --out {results}", ["--override"]),
+    Case("table-id-7", "table --table 7 --out {results}", ["--table", "7"], forbid=["--id"]),
+    Case("table-old-id-7", "table --id 7 --out {results}", ["--table", "7", "--id is now --table"]),
+    Case("table-id-and-table", "table --id 1 --table 2 --out {results}", ["--table", "not allowed with", "--id"]),
+    Case("table-id-file-missing", "table --table {tmp}/nope.yaml --out {results}", ["nope.yaml"]),
+    Case("table-id-not-a-spec", "table --table {okd_T} --out {results}", ["{okd_T}"]),
+    Case("table-seeds-empty-entry", "table --table 1 --seeds 0,,1 --out {results}", ["--seeds", "0,,1"]),
+    Case("table-seeds-word", "table --table 1 --seeds a --out {results}", ["--seeds"]),
+    Case("table-seeds-backwards", "table --table 1 --seeds 3-1 --out {results}", ["--seeds"]),
+    Case("table-out-missing", "table --table 1 --out {tmp}/nowhere", ["--out", "nowhere"]),
+    Case("table-out-file", "table --table 1 --out {afile}", ["--out", "{afile}"]),
+    Case("table-delta-ref", "table --table 1 --delta-ref nosuch --out {results}", ["--delta-ref", "nosuch"]),
+    Case("table-format", "table --table 1 --format xml --out {results}", ["--format"]),
+    Case("table-preset", "table --table 1 --preset fast --out {results}", ["fast"]),
+    Case("table-dataset", "table --table 1 --dataset nosuch --out {results}", ["nosuch"]),
+    Case("table-compare-one-row", "table --table 1 --compare okd --out {results}", ["--compare"]),
+    Case("table-override-malformed", "table --table 1 --override nonsense --out {results}", ["--override"]),
     # --- sweep ------------------------------------------------------------------------------
     Case("sweep-table-7", "sweep --table 7 --dry-run --out {results}", ["--table", "7"], forbid=["--id"]),
     Case("sweep-seeds-empty-entry", "sweep --table 1 --seeds 0,,1 --dry-run --out {results}", ["--seeds"]),
@@ -207,21 +209,26 @@ CASES = [
     Case("sweep-preset", "sweep --table 1 --preset fast --dry-run --out {results}", ["fast"]),
     Case("sweep-out-file", "sweep --table 1 --dry-run --out {afile}", ["--out", "{afile}"]),
     # --- plot -------------------------------------------------------------------------------
-    Case("plot-smooth", "plot --smooth 1.5 --results {results} --out-dir {tmp}/fig", ["--smooth"]),
-    Case("plot-kind", "plot --kind fig9 --results {results}", ["--kind"]),
-    Case("plot-format", "plot --format bmp --results {results}", ["--format"]),
-    Case("plot-runs-missing", "plot --runs {tmp}/none.json --out-dir {tmp}/fig", ["none.json"]),
-    Case("plot-runs-corrupt", "plot --runs {corrupt_record} --out-dir {tmp}/fig", ["{corrupt_record}"]),
-    Case("plot-runs-not-a-record", "plot --runs {okd_T} --out-dir {tmp}/fig", ["{okd_T}"]),
-    Case("plot-results-empty", "plot --results {results} --out-dir {tmp}/fig", ["runs"]),
-    Case("plot-results-only-corrupt", "plot --results {corrupt_results} --out-dir {tmp}/fig",
+    Case("plot-smooth", "plot --smooth 1.5 --out {results} --save {tmp}/fig", ["--smooth"]),
+    Case("plot-kind", "plot --kind fig9 --out {results}", ["--kind"]),
+    Case("plot-format", "plot --format bmp --out {results}", ["--format"]),
+    Case("plot-runs-missing", "plot --runs {tmp}/none.json --save {tmp}/fig", ["none.json"]),
+    Case("plot-runs-corrupt", "plot --runs {corrupt_record} --save {tmp}/fig", ["{corrupt_record}"]),
+    Case("plot-runs-not-a-record", "plot --runs {okd_T} --save {tmp}/fig", ["{okd_T}"]),
+    Case("plot-results-empty", "plot --out {results} --save {tmp}/fig", ["runs"]),
+    Case("plot-old-results-empty", "plot --results {results} --out-dir {tmp}/fig",
+         ["runs", "--results is now --out", "--out-dir is now --save"]),
+    Case("plot-results-and-out", "plot --results {results} --out {results}", ["--out", "not allowed with"]),
+    Case("plot-results-only-corrupt", "plot --out {corrupt_results} --save {tmp}/fig",
          ["{corrupt_record}"]),
     # --- data -------------------------------------------------------------------------------
-    Case("data-synth-out-file", "data synth --out {afile}", ["--out", "{afile}"]),
-    Case("data-synth-out-nonempty", "data synth --out {nonempty}", ["--out"]),
-    Case("data-synth-n-train-0", "data synth --out {tmp}/new0 --n-train 0", [("--n-train", "n_train")]),
-    Case("data-synth-height-neg", "data synth --out {tmp}/new1 --height -5", ["height"]),
-    Case("data-synth-variant", "data synth --out {tmp}/new2 --variant kitti", ["variant", "kitti"]),
+    Case("data-synth-out-file", "data synth --data-root {afile}", ["--data-root", "{afile}"]),
+    Case("data-synth-old-out-file", "data synth --out {afile}", ["--data-root", "{afile}", "--out is now --data-root"]),
+    Case("data-synth-out-nonempty", "data synth --data-root {nonempty}", ["--data-root"]),
+    Case("data-synth-without-root", "data synth --n-train 2", ["--data-root", "required"]),
+    Case("data-synth-n-train-0", "data synth --data-root {tmp}/new0 --n-train 0", [("--n-train", "n_train")]),
+    Case("data-synth-height-neg", "data synth --data-root {tmp}/new1 --height -5", ["height"]),
+    Case("data-synth-variant", "data synth --data-root {tmp}/new2 --variant kitti", ["variant", "kitti"]),
     Case("data-check-root-missing", "data check --dataset nyuv2 --data-root {tmp}/nowhere", ["nowhere"]),
     Case("data-check-root-is-file", "data check --dataset nyuv2 --data-root {afile}", ["{afile}"]),
     Case("data-check-without-root", "data check --dataset synthetic", ["--data-root"]),
@@ -238,7 +245,7 @@ CASES = [
 # ---------------------------------------------------------------------------
 
 def _synth(root: Path) -> None:
-    rc = main(["data", "synth", "--out", str(root), "--n-train", "4", "--n-val", "2",
+    rc = main(["data", "synth", "--data-root", str(root), "--n-train", "4", "--n-val", "2",
                "--height", "32", "--width", "48"])
     assert rc == 0
 
@@ -413,7 +420,7 @@ def test_bad_input_in_a_subprocess(argv, culprit, ws, tmp_path):
 
 def test_corrupted_record_is_named_by_table(ws, capsys):
     """A table built over a directory with a corrupted record says so (it must not vanish)."""
-    rc = main(["table", "--id", "1", "--dataset", "synthetic", "--preset", "smoke", "--format", "md",
+    rc = main(["table", "--table", "1", "--dataset", "synthetic", "--preset", "smoke", "--format", "md",
                "--out", ws["corrupt_results"]])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err

@@ -291,3 +291,135 @@ def test_every_preset_resolves_within_the_declared_ranges(preset):
     cfg = resolve(preset=preset)
     for section in ("train", "method", "backbone", "dataset"):
         check_options(getattr(cfg, section), section)
+
+
+# ---------------------------------------------------------------------------
+# every method's options: ranges and choices declared with option(), validate()
+# only for rules that tie options together
+# ---------------------------------------------------------------------------
+
+#: (method, option) whose allowed values depend on another option: validate() may refuse
+#: a value of it on its own (okd: a teacher_run needs teachers=pretrained)
+CROSS_OPTION_RULES = {("okd", "teacher_run")}
+#: str options that are free text (a record's path), not one of a set of choices
+FREE_TEXT = {("okd", "teacher_run"), ("kd_mtl", "teacher_run")}
+
+
+def _probes(tp):
+    """Values of the annotation ``tp`` that span the ranges an option could declare."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [v for arg in typing.get_args(tp) for v in _probes(arg)]
+    if tp is type(None):
+        return [None]
+    if tp is bool:
+        return [True, False]
+    if tp is int:
+        return [-10**6, -2, -1, 0, 1, 2, 3, 10**6]
+    if tp is float:
+        return [-1e9, -1.0, -1e-9, 0.0, 1e-9, 0.25, 0.5, 1.0, 1.5, 2.0, 1e9]
+    if tp is str:
+        return ["bogus", ""]
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return [[], *([v] for v in _probes(inner)), [*_probes(inner)[-2:]]]
+    if origin is dict:
+        key, inner = typing.get_args(tp)
+        return [{}, *({"semseg": v} for v in _probes(inner))]
+    raise AssertionError(f"no probes for {tp}: extend _probes")
+
+
+def _method_options():
+    import dataclasses
+    import typing
+
+    from mtlbench.registry import METHODS
+
+    for name in METHODS.names():
+        cls = METHODS.get(name).Config
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield name, cls, f, hints[f.name]
+
+
+def test_no_method_validate_refuses_a_value_of_one_option_alone():
+    """A range or a set of choices of one option belongs in option(); validate() ties options together.
+
+    Each option of each registered method is set, alone, to values across its type's range:
+    a refusal by validate() (the resolver's "invalid method config") is a rule option() could
+    have declared, unless the option is listed in CROSS_OPTION_RULES.
+    """
+    from mtlbench.config import build_dataclass
+
+    found = []
+    for name, cls, f, tp in _method_options():
+        if (name, f.name) in CROSS_OPTION_RULES:
+            continue
+        for v in _probes(tp):
+            try:
+                build_dataclass(cls, {f.name: v}, "method", {})
+            except UserError as exc:
+                if str(exc).startswith("invalid method config"):
+                    found.append(f"{name}.{f.name}={v!r}: {exc}")
+    assert not found, "validate() checks single options; declare them with option():\n" + "\n".join(found)
+
+
+def test_every_out_of_range_value_of_a_method_option_names_key_value_and_range():
+    from mtlbench.config import _flow, build_dataclass, option_check
+
+    checked = 0
+    for name, cls, f, tp in _method_options():
+        check = option_check(f)
+        for v in _probes(tp):
+            origins = {f"method.{f.name}": f"--set method.{f.name}=..."}
+            try:
+                build_dataclass(cls, {f.name: v}, "method", origins)
+            except UserError as exc:
+                msg = str(exc)
+                if (name, f.name) in CROSS_OPTION_RULES and msg.startswith("invalid method config"):
+                    continue
+                assert f"method.{f.name}" in msg, (name, v, msg)
+                assert "(from --set method." in msg, (name, v, msg)
+                if "must be of type" not in msg:  # a value of the right type out of its range
+                    assert check is not None, f"{name}.{f.name}: refused {v!r} without an option() range"
+                    assert f"got {_flow(v)}" in msg, (name, v, msg)
+                    if not isinstance(v, (list, dict)):
+                        assert check.describe() in msg, (name, v, msg)
+                    assert "hint: e.g. --set method." in msg, (name, v, msg)
+                    checked += 1
+                continue
+            # accepted: then it is within the declared range
+            if check is not None:
+                assert check.problem(v) is None, (name, f.name, v)
+    assert checked > 40  # the walk reached the declared ranges
+
+
+def test_every_method_option_declares_its_values():
+    """Numbers and strings of a method's Config are declared with option() (a str with its choices)."""
+    from mtlbench.config import option_check
+
+    undeclared = []
+    for name, cls, f, tp in _method_options():
+        if tp is bool or (name, f.name) in FREE_TEXT:
+            continue
+        check = option_check(f)
+        texts = "str" in str(tp) and "list" not in str(tp) and "dict" not in str(tp)
+        if check is None or (texts and check.choices is None):
+            undeclared.append(f"{name}.{f.name}: {tp}")
+    assert not undeclared, "declare these with option(...):\n" + "\n".join(undeclared)
+
+
+def test_a_nullable_option_says_null_is_allowed():
+    from mtlbench.config import build_dataclass
+    from mtlbench.registry import METHODS
+
+    with pytest.raises(UserError) as e:
+        build_dataclass(METHODS.get("okd").Config, {"afd_features": "rawish"}, "method", {})
+    assert "method.afd_features must be one of: raw, normalized, or null; got rawish" in str(e.value)
+    with pytest.raises(UserError) as e:
+        build_dataclass(METHODS.get("okd").Config, {"stl_train_fraction": 0}, "method", {})
+    assert "method.stl_train_fraction must be in (0, 1], or null; got 0" in str(e.value)
+    assert "e.g. --set method.stl_train_fraction=1.0" in str(e.value)

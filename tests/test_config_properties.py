@@ -23,15 +23,18 @@ from mtlbench.errors import UserError
 from mtlbench.registry import BACKBONES, DATASETS, METHODS
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: fewer per plugin option: there are some sixty of them
+PLUGIN_FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_HINTS = typing.get_type_hints(TrainConfig)
 
-#: (section, plugin name, option) of plugin options declared with option()
-PLUGIN_KEYS = [("method", "dwa", "T"), ("method", "uw", "form"), ("method", "uw", "s_lr"),
-               ("method", "uw", "init_log_var"), ("backbone", "vit_tiny", "head_dropout"),
-               ("backbone", "vit_tiny", "head_layers"), ("backbone", "deeplabv3", "aspp_rates"),
-               ("backbone", "deeplabv3", "head_dropout")]
+#: (section, plugin name, option) of plugin options declared with option(): every method's, and some
+#: of the backbones'
+PLUGIN_KEYS = [("method", name, f.name) for name in METHODS.names()
+               for f in dataclasses.fields(METHODS.get(name).Config) if option_check(f) is not None] + [
+    ("backbone", "vit_tiny", "head_dropout"), ("backbone", "vit_tiny", "head_layers"),
+    ("backbone", "deeplabv3", "aspp_rates"), ("backbone", "deeplabv3", "head_dropout")]
 
 
 def as_set_value(v) -> str:
@@ -72,6 +75,8 @@ def valid_values(tp, check):
     if _allows_none(tp):
         strategies.append(st.none())
     base = _base_type(tp)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):  # e.g. int | list[int]
+        return st.one_of([*strategies, *(valid_values(arg, check) for arg in typing.get_args(base))])
     if check is not None and check.choices is not None:
         strategies.append(st.sampled_from(check.choices))
     elif base is bool:
@@ -83,6 +88,10 @@ def valid_values(tp, check):
     elif typing.get_origin(base) is list:
         (inner,) = typing.get_args(base)
         strategies.append(st.lists(_numbers(inner, check), min_size=check.min_items or 0, max_size=5))
+    elif typing.get_origin(base) is dict:
+        _, inner = typing.get_args(base)
+        strategies.append(st.dictionaries(st.sampled_from(["semseg", "depth", "normal"]),
+                                          _numbers(inner, check), max_size=3))
     elif base is str:
         strategies.append(st.text(st.characters(min_codepoint=97, max_codepoint=122), min_size=1, max_size=8))
     return st.one_of(strategies)
@@ -142,7 +151,7 @@ def test_any_train_value_resolves_within_its_declaration_or_is_a_user_error(name
 
 
 @pytest.mark.parametrize("section,plugin,key", PLUGIN_KEYS, ids=[f"{p}.{k}" for _, p, k in PLUGIN_KEYS])
-@FAST
+@PLUGIN_FAST
 @given(data=st.data())
 def test_plugin_options_valid_and_invalid(section, plugin, key, data):
     cls = plugin_config_class(section, plugin)

@@ -318,10 +318,16 @@ def test_task_specific_paths_params_supported_features_unsupported():
 
 
 def test_config_validation_and_missing_solver(monkeypatch):
-    with pytest.raises(UserError, match="grad_on"):
+    with pytest.raises(UserError, match=r"method\.grad_on must be one of: params, features; got weights"):
         make("pcgrad", grad_on="weights")
-    with pytest.raises(UserError, match="jac_chunk_size"):
+    with pytest.raises(UserError, match=r"method\.jac_chunk_size must be a non-negative number \(>= 0\); got -1"):
         make("pcgrad", jac_chunk_size=-1)
+    # a subclass that redefines grad_on's default keeps its choices
+    for name in ("graddrop", "imtl_g"):
+        with pytest.raises(UserError, match=r"method\.grad_on must be one of: params, features"):
+            make(name, grad_on="weights")
+    with pytest.raises(UserError, match=r"method\.leak must be in \[0, 1\]; got 1\.5"):
+        make("graddrop", leak=1.5)
     from mtlbench.methods import _gradient
 
     monkeypatch.setattr(_gradient, "find_spec", lambda name: None if name == "ecos" else object())

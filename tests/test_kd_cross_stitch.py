@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mtlbench.api import TrainContext, count_parameters
+from mtlbench.config import build_dataclass
 from mtlbench.errors import UserError
 from mtlbench.plots import epoch_rows, step_rows
 from mtlbench.registry import BACKBONES, METHODS
@@ -101,8 +102,14 @@ def test_lambdas_absent_tasks_get_one_and_unknown_keys_fail(nyu_tasks, toy_facto
     assert m.lambdas == {"semseg": 1.0, "depth": 1.0, "normal": 3.0}
     with pytest.raises(UserError, match="method.lambdas"):
         KDMTL(KDMTLConfig(lambdas={"semsge": 1.0}), tasks, toy_factory(tasks))
-    with pytest.raises(ValueError, match="teacher_mode"):
-        KDMTLConfig(teacher_mode="frozen").validate()
+    with pytest.raises(UserError, match=r"method\.teacher_mode must be one of: eval, train; got frozen"):
+        build_dataclass(KDMTLConfig, {"teacher_mode": "frozen"}, "method", {})
+    with pytest.raises(UserError) as e:
+        build_dataclass(KDMTLConfig, {"lambdas": {"semseg": 1, "depth": -1}}, "method", {})
+    assert "method.lambdas entry depth (-1.0) must be a non-negative number (>= 0)" in str(e.value)
+    assert "e.g. --set method.lambdas={semseg: 1.0, depth: 1.0, normal: 2.0}" in str(e.value)
+    with pytest.raises(UserError, match=r"method\.lambdas must be of type dict\[str, float\]"):
+        build_dataclass(KDMTLConfig, {"lambdas": {"semseg": "high"}}, "method", {})
 
 
 # ---------------------------------------------------------------------------
@@ -272,8 +279,14 @@ def test_groups_default_and_validation(nyu_tasks, toy_factory):
     tasks = nyu_tasks()
     with pytest.raises(UserError, match="method.groups"):
         CrossStitch(CrossStitchConfig(groups=3), tasks, toy_factory(tasks, n_layers=2))
-    with pytest.raises(ValueError):
-        CrossStitchConfig(groups=[0, 2]).validate()
+    with pytest.raises(UserError, match=r"method\.groups element 0 \(0\) must be >= 1"):
+        build_dataclass(CrossStitchConfig, {"groups": [0, 2]}, "method", {})
+    with pytest.raises(UserError, match=r"method\.groups must be >= 1, or null; got 0"):
+        build_dataclass(CrossStitchConfig, {"groups": 0}, "method", {})
+    with pytest.raises(UserError, match=r"method\.groups must hold at least 1 element"):
+        build_dataclass(CrossStitchConfig, {"groups": []}, "method", {})
+    with pytest.raises(UserError, match=r"method\.stitch_lr_mult must be a positive number"):
+        build_dataclass(CrossStitchConfig, {"stitch_lr_mult": 0}, "method", {})
 
 
 def test_unsupported_encoder_is_refused(nyu_tasks, toy_factory):

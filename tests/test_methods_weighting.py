@@ -226,10 +226,12 @@ def test_gradnorm_shared_layer_choice_and_validation():
     grouped = {id(p) for grp in last.param_groups() for p in grp["params"]}
     assert id(last.task_weights) not in grouped
     assert len(grouped) == len(list(last.parameters())) - 1
-    with pytest.raises(UserError, match="shared_params must be one of"):
+    with pytest.raises(UserError, match=r"method\.shared_params must be one of: last, all; got first"):
         make("gradnorm", tasks, shared_params="first")
-    with pytest.raises(UserError, match="alpha"):
+    with pytest.raises(UserError, match=r"method\.alpha must be a non-negative number \(>= 0\); got -1\.0"):
         make("gradnorm", tasks, alpha=-1.0)
+    with pytest.raises(UserError, match=r"method\.weight_lr must be a positive number \(> 0\); got 0"):
+        make("gradnorm", tasks, weight_lr=0)
 
 
 def test_gradnorm_unsupported_backbone_says_so(monkeypatch):

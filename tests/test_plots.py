@@ -14,7 +14,7 @@ from mtlbench import plots
 from mtlbench.api import FigureSpec
 from mtlbench.cli import main as cli_main
 from mtlbench.errors import UserError
-from mtlbench.methods import okd_figures
+from mtlbench.methods import _okd_figures as okd_figures
 from mtlbench.registry import METHODS
 
 RESULTS = Path(__file__).parent / "fixtures" / "tables" / "results"
@@ -191,7 +191,7 @@ def test_okd_provides_fig3_and_fig4_through_its_hook():
 
 def test_okd_figures_import_without_matplotlib_and_register_nothing():
     code = ("import sys; from mtlbench.registry import METHODS; n = len(METHODS.names()); "
-            "import mtlbench.methods.okd_figures as f; "
+            "import mtlbench.methods._okd_figures as f; "
             "print('matplotlib' in sys.modules, len(METHODS.names()) == n, 'okd_figures' in METHODS)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

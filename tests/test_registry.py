@@ -89,6 +89,65 @@ def test_entry_point_clashing_with_builtin_is_an_error(monkeypatch):
     assert "mtlbench.methods.okd" in str(e.value) and "thirdparty-pkg" in str(e.value)
 
 
+def test_entry_point_clashing_with_an_alias_names_the_package_to_fix(monkeypatch):
+    reg = Registry("widget", "mtlbench.widgets")
+    reg.register("baseline", aliases=("ew",), origin="builtin (mtlbench.methods.baseline)")(type("B", (), {}))
+    _fake_eps(monkeypatch, {"mtlbench.widgets": [_EP("ew", type("X", (), {}), dist="their-pkg")]})
+    with pytest.raises(UserError) as e:
+        reg.names()
+    assert "duplicate widget name 'ew'" in str(e.value) and "mtlbench.methods.baseline" in str(e.value)
+    assert "rename the entry point in the their-pkg package" in str(e.value)
+
+
+def test_a_plugin_that_fails_to_import_fails_every_lookup(monkeypatch):
+    class Broken:
+        name, value, dist = "broken", "thirdparty.broken:Broken", types.SimpleNamespace(name="broken-pkg")
+
+        def load(self):
+            raise ImportError("No module named 'thirdparty.broken'")
+
+    good = _EP("good", type("Good", (), {}))
+    _fake_eps(monkeypatch, {"mtlbench.widgets": [good, Broken()]})
+    reg = Registry("widget", "mtlbench.widgets")
+    lookups = [reg.names, lambda: reg.get("good"), lambda: "good" in reg, lambda: list(reg.entries()),
+               lambda: reg.canonical("good"), reg.names]
+    for lookup in lookups:  # not only the first: a second lookup must not see a partial registry
+        with pytest.raises(UserError) as e:
+            lookup()
+        assert "could not load widget plugin 'broken'" in str(e.value) and "broken-pkg" in str(e.value)
+
+
+def test_a_builtin_plugin_that_fails_to_import_fails_every_lookup(tmp_path, monkeypatch):
+    pkg = tmp_path / "brokenplugins"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "fine.py").write_text("from mtlbench.registry import METHODS\n")
+    (pkg / "zbroken.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_eps(monkeypatch, {})
+    reg = Registry("widget", "mtlbench.widgets", ("brokenplugins",))
+    for _ in range(3):
+        with pytest.raises(UserError, match=r"could not import the built-in widget plugin "
+                                            r"brokenplugins\.zbroken: ModuleNotFoundError"):
+            reg.names()
+
+
+def test_assemble_moved_to_models_and_the_old_import_warns():
+    import warnings
+
+    import mtlbench.registry as registry
+    from mtlbench.models import assemble
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from mtlbench.registry import assemble as old
+    assert old is assemble
+    assert any(issubclass(w.category, DeprecationWarning) and "mtlbench.models.assemble" in str(w.message)
+               for w in caught)
+    with pytest.raises(AttributeError):
+        registry.no_such_name  # noqa: B018
+
+
 def test_builtin_registries_have_the_core_plugins():
     assert {"baseline", "stl"} <= set(METHODS.names())
     assert METHODS.canonical("ew") == "baseline"

@@ -220,7 +220,7 @@ def test_local_sweep_trains_then_skips(tmp_path, capsys):
     args = ["sweep", "--table", spec, "--preset", "smoke", "--out", str(tmp_path), "--device", "cpu", "--quiet"]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
-    assert "1 trained" in out and "next: mtlbench table --id" in out
+    assert "1 trained" in out and "next: mtlbench table --table" in out
     recs = list((tmp_path / "runs").rglob("*.json"))
     assert len(recs) == 1 and json.loads(recs[0].read_text())["method"] == "baseline"
     # trained from the job's carried config: the record is at the job's path, with its hash

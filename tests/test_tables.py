@@ -672,8 +672,8 @@ def test_cli_table(monkeypatch, capsys, tmp_path):
     assert save.read_text() == GOLDEN.read_text()
     assert cli_main(["table", "--id", "1", "--preset", "smoke", "--seeds", "0", "--format", "csv"]) == 0
     assert "okd" in capsys.readouterr().out
-    assert cli_main(["table", "--id", "7"]) == 2
-    assert "--id 7: there is no table 7" in capsys.readouterr().err
+    assert cli_main(["table", "--table", "7"]) == 2
+    assert "--table 7: there is no table 7" in capsys.readouterr().err
     assert cli_main(["table", "--id", "1", "--seeds", "x"]) == 2
     assert cli_main(["table", "--id", "1", "--seeds", "0,,1"]) == 2
     assert "empty entry" in capsys.readouterr().err

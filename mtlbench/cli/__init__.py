@@ -18,6 +18,36 @@ SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table"
                "sweep": "sweep", "plot": "plot", "claims": "claims"}
 
 
+class _Renamed(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's ``dest`` and says what replaced it."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mtlbench: note: {option_string} is now {self.new} (the old spelling goes in the next "
+              "release)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_flag(p: argparse.ArgumentParser, new: str, *old: str, required: bool = False, **kwargs) -> None:
+    """Add the flag ``new`` and, for one release, its old spellings ``old`` (hidden from --help).
+
+    An old spelling sets the same value and prints a one-line note to stderr
+    naming its replacement; giving the new and an old spelling together is a
+    usage error (exit 2), as is giving neither when the flag is ``required``.
+    """
+    if not old:
+        p.add_argument(new, required=required, **kwargs)
+        return
+    group = p.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(new, **kwargs)
+    for o in old:
+        group.add_argument(o, dest=action.dest, metavar=action.metavar, action=_Renamed, new=new,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

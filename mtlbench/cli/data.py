@@ -1,6 +1,6 @@
 """``mtlbench data``: generate datasets and check data directories, for any registered dataset.
 
-* ``mtlbench data synth --dataset synthetic --out DIR --variant nyuv2``: write a
+* ``mtlbench data synth --dataset synthetic --data-root DIR --variant nyuv2``: write a
   generated dataset (datasets whose plugin implements the ``synth`` hook);
 * ``mtlbench data check --dataset nyuv2 --data-root DIR``: validate every file
   of a directory (datasets implementing the ``check`` hook: shapes, dtypes,
@@ -18,6 +18,7 @@ import os
 import sys
 
 from ..errors import UserError
+from . import add_flag
 
 #: shorthand flags -> the config key they set (passed to the dataset's hook, which decides)
 _SHORTHANDS = {"variant": "variant", "n_train": "n_train", "n_val": "n_val", "height": "height",
@@ -36,7 +37,8 @@ def register(sub) -> None:
                                     "ray-cast geometry) into DIR/{train,val}/... as .npy files.")
     s.add_argument("--dataset", metavar="NAME",
                    help="which dataset to generate (default: the only registered one that can be)")
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
+    add_flag(s, "--data-root", "--out", required=True, metavar="DIR",
+             help="the data directory to write (new or empty), as `run --data-root` then reads it")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a generation option (a key of the dataset's config), e.g. --set variant=cityscapes")
     s.add_argument("--variant", help="shorthand for --set variant=V (synthetic: nyuv2 | cityscapes)")
@@ -103,9 +105,9 @@ def synth(args: argparse.Namespace) -> int:
     name = DATASETS.canonical(_synth_dataset(args.dataset))
     cls = DATASETS.get(name)
     options = _options(args)
-    out = os.path.abspath(os.path.expanduser(args.out))
+    out = os.path.abspath(os.path.expanduser(args.data_root))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f"--out {args.out} already exists and is not an empty directory",
+        raise UserError(f"--data-root {args.data_root} already exists and is not an empty directory",
                         hint="choose a new directory, or delete this one first")
     label = f"{name}" + (f" {options['variant']}" if "variant" in options else "")
     with Progress("auto", label=f"writing {label}") as bar:

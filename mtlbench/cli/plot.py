@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,11 +19,12 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the available figures and exit")
     p.add_argument("--runs", nargs="+", metavar="PATH",
                    help="run records (.json) or directories of them (default: the figure's own choice "
-                        "among the records under --results, e.g. fig3 the newest pair of okd runs "
+                        "among the records under --out, e.g. fig3 the newest pair of okd runs "
                         "differing only in OTW; curves and steps every run)")
-    p.add_argument("--results", default="results", metavar="DIR",
-                   help="results directory searched when --runs is not given (default results)")
-    p.add_argument("--out-dir", default="figures", metavar="DIR", help="where to write (default figures)")
+    add_flag(p, "--out", "--results", default="results", metavar="DIR",
+             help="results directory searched when --runs is not given (default results)")
+    add_flag(p, "--save", "--out-dir", default="figures", metavar="DIR",
+             help="the directory to write the figure to (default figures)")
     p.add_argument("--format", default="png", choices=["png", "pdf"], help="png (default) or pdf")
     p.add_argument("--smooth", type=float, metavar="W",
                    help="the figure's smoothing option: exponential weight in [0, 1)")
@@ -65,7 +68,7 @@ def list_figures() -> int:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..plots import _plt, default_selection, find_figure, load_runs, make_plot
+    from ..plots import default_selection, find_figure, load_runs, make_plot, pyplot
 
     if args.list:
         return list_figures()
@@ -77,10 +80,10 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(flags.get(k, f'--option {k}') for k in unknown)}: figure "
                         f"{entry.qualified!r} takes no such option, so it would do nothing",
                         hint=f"its options: {', '.join(entry.spec.options) or 'none'}")
-    _plt()  # a missing matplotlib is reported before records are read
-    records = load_runs(args.runs, args.results)
+    pyplot()  # a missing matplotlib is reported before records are read
+    records = load_runs(args.runs, args.out)
     if not args.runs:
         records = default_selection(entry, records)
-    path = make_plot(entry, records, args.out_dir, args.format, **options)
+    path = make_plot(entry, records, args.save, args.format, **options)
     print(f"wrote {path} ({len(records)} run{'s' if len(records) != 1 else ''})")
     return 0

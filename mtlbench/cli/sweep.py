@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {o.status}: {o.job.describe()}: {o.detail}")
     if not res.failed:
         extra = "".join(f" --override {shlex.quote(o)}" for o in args.overrides)
-        print(f"next: mtlbench table --id {spec.id} --dataset {setting.dataset} --preset {setting.preset} "
+        print(f"next: mtlbench table --table {spec.id} --dataset {setting.dataset} --preset {setting.preset} "
               f"--seeds {','.join(map(str, plan.seeds))}"
               + (f" --out {setting.out}" if str(setting.out) != "results" else "") + extra)
     return 1 if res.failed else 0

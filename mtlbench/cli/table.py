@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_flag
+
 
 def add_table_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``table``, ``sweep`` and ``claims``: what the table is built on."""
@@ -20,7 +22,7 @@ def add_table_flags(p: argparse.ArgumentParser) -> None:
                    help="set a method option on every row of that method that does not set it itself, "
                         "e.g. --override okd.profile=script (repeatable)")
     p.add_argument("--out", default="results", metavar="DIR",
-                   help="results directory holding the run records (DIR/runs)")
+                   help="results directory holding the run records (DIR/runs; default results)")
 
 
 def add_delta_ref_flag(p: argparse.ArgumentParser) -> None:
@@ -46,7 +48,7 @@ def register(sub) -> None:
                     "over seeds, Δ (Eq. 4) paired per seed against the reference row with its 95% "
                     "confidence interval and a verdict, the paper's number beside each cell, and the exact "
                     "command of every missing run. --compare A,B prints the paired Δ of two rows instead.")
-    p.add_argument("--id", required=True, metavar="N", help="table number (1-5) or a table spec YAML")
+    add_flag(p, "--table", "--id", required=True, metavar="N", help="table number (1-5) or a table spec YAML")
     add_table_flags(p)
     add_delta_ref_flag(p)
     p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex"],
@@ -76,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     pairs = [parse_pair(c) for c in args.compare]
-    spec, notes = apply_overrides(load_spec(args.id), parse_overrides(args.overrides))
+    spec, notes = apply_overrides(load_spec(args.table, flag="--table"), parse_overrides(args.overrides))
     require_results_dir(args.out)
     setting = choose_setting(spec, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
                              out=args.out)

@@ -970,11 +970,11 @@ class Synthetic(DatasetPlugin):
         reject_options(cls, options, "check (beyond variant)")
         if root is None or not str(root).strip():
             raise UserError("data check needs the directory to check: pass --data-root DIR",
-                            hint="for synthetic data, a directory written by `mtlbench data synth --out DIR`")
+                            hint="for synthetic data, a directory written by `mtlbench data synth --data-root DIR`")
         path = Path(root).expanduser()
         if not path.is_dir():
             raise UserError(f"--data-root {root} is not an existing directory",
-                            hint="pass a directory written by `mtlbench data synth --out DIR`")
+                            hint="pass a directory written by `mtlbench data synth --data-root DIR`")
         variant = (read_manifest(path) or {}).get("variant")
         if variant is not None and wanted is not None and wanted != variant:
             raise UserError(f"--set variant={wanted}, but {path / MANIFEST} says the data is {variant!r}",

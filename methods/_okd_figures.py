@@ -13,8 +13,9 @@
   NYUv2-like data (the paper's Fig. 4 is on NYUv2), preferring the method's
   default settings.
 
-This module registers nothing (the registry imports every module of
-``methods/``) and imports matplotlib only when drawing.
+This module registers nothing (the leading underscore keeps the registry, which
+imports every other module of ``methods/``, from taking it for a plugin) and
+imports matplotlib only when drawing.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def select_fig3(records: list[dict]) -> list[dict]:
 
 def plot_fig3(records: Iterable[dict], out: str | Path, smoothing: float = 0.9) -> Path:
     """Fig. 3: smoothed MTL (solid) and STL (dashed) losses per task over iterations."""
-    plt = plots._plt()
+    plt = plots.pyplot()
     w = plots.check_smoothing(smoothing)
     recs = [(r, plots.safe_step_rows(r)) for r in records]
     recs = [(r, rows) for r, rows in recs if any(k.startswith("mtl/") for s in rows for k in s)]
@@ -144,7 +145,7 @@ def select_fig4(records: list[dict]) -> list[dict]:
 
 def plot_fig4(records: Iterable[dict], out: str | Path) -> Path:
     """Fig. 4: box plots of ω per layer (over epochs) for each task; the final value starred."""
-    plt = plots._plt()
+    plt = plots.pyplot()
     recs = [(r, omega_history(r)) for r in records]
     recs = [(r, om) for r, om in recs if om]
     if not recs:
