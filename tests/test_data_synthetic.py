@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtlbench.data import synth_render as R
 from mtlbench.data import synthetic as S
 from mtlbench.data.mtan import CITYSCAPES, NYUV2, MTANDataset, validate
 from mtlbench.errors import UserError
@@ -81,8 +82,8 @@ def test_deterministic_per_seed(variant):
 
 
 #: sha256 over every array of 6 train + 6 val images per variant at 48x64, generation seed 11
-#: (:func:`_digest`), computed with the renderer in synthetic.py at commit
-#: 54a2f75 (before it is split out; numpy 2.4.6, x86-64): the data of GENERATOR_VERSION 1 must stay bit for bit what it was.
+#: (:func:`_digest`), computed with the renderer before it was split out of synthetic.py (commit
+#: 54a2f75, numpy 2.4.6, x86-64): the data of GENERATOR_VERSION 1 must stay bit for bit what it was.
 _PINNED = {1: {"nyuv2": "c1a079c7c298ebb2b9db85ec1a7f0d12a121f2715e27933916905190a131b245",
                "cityscapes": "7deff1a0cc06ee7ca12dc66af9e9a8f3c1292de7a5139df844ce6220b3d9646f"}}
 
@@ -107,6 +108,12 @@ def test_rendered_data_is_pinned(variant):
     assert _digest(variant) == _PINNED[S.GENERATOR_VERSION][variant], (
         "the renderer's output changed: a change that means it must bump GENERATOR_VERSION and pin the new data; "
         "a refactoring must not change it (or numpy/BLAS/CPU differ from the pin's)")
+
+
+def test_plugin_module_reexports_the_renderer():
+    for name in ("render", "camera_intrinsics", "VARIANTS", "NYUV2_CLASSES", "CITYSCAPES_CLASSES",
+                 "DISPARITY_SCALE", "GENERATOR_VERSION"):
+        assert getattr(S, name) is getattr(R, name)
 
 
 def test_generate_is_reproducible(tmp_path):
