@@ -10,6 +10,7 @@ Fixtures for other test files:
 * ``smoke_config(method, backbone="vit_tiny", *sets, full=False)``: a resolved ``smoke`` preset
   config on CPU, the backbone shrunk by its ``test_overrides`` unless ``full``;
 * ``shrink_sets(backbone)`` (import from conftest): those overrides as ``--set`` strings;
+  ``shrink_argv(backbone)``: the same as command-line arguments;
 * ``nyu_tasks()``: the NYUv2 task set (13-class semseg, depth, normal);
 * ``tiny_batch(b=2, h=32, w=48, seed=0, tasks=None)``: a random batch with valid targets.
 """
@@ -31,6 +32,10 @@ TOY_BACKBONE = "test_toy"
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Records and checkpoints are still written to a temporary file and renamed (atomic), but
+    # not fsync'ed: forcing a few hundred files to disk was ~5% of the suite's time.
+    # Subprocesses inherit it.  tests/test_records.py checks the fsync path itself.
+    os.environ.setdefault("MTLBENCH_FSYNC", "0")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -254,6 +259,11 @@ def shrink_sets(backbone: str) -> list[str]:
 
     # JSON values are YAML flow values, which is how --set parses them
     return [f"backbone.{k}={json.dumps(v)}" for k, v in BACKBONES.get(backbone).test_overrides.items()]
+
+
+def shrink_argv(backbone: str) -> list[str]:
+    """:func:`shrink_sets` as command-line arguments (``--set S`` each), for ``mtlbench run``."""
+    return [a for s in shrink_sets(backbone) for a in ("--set", s)]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """benchmarks/bench_libmtl.py: the side-by-side benchmark against LibMTL runs and prints a sane table.
 
-LibMTL is a benchmark-only, optional requirement (benchmarks/requirements-libmtl.txt,
-installed with ``pip install --no-deps``), not a dependency of mtlbench: the tests
-that run the benchmark skip when it is not installed.  The missing-LibMTL message
+LibMTL is in the ``dev`` extra (the cross-check oracle of tests/test_crosscheck_libmtl.py)
+and otherwise an optional, benchmark-only requirement (benchmarks/requirements-libmtl.txt):
+the tests that run the benchmark skip when it is not installed.  The side-by-side run
+trains two full-size DeepLabV3 networks, so it is ``slow``.  The missing-LibMTL message
 is tested either way.
 """
 from __future__ import annotations
@@ -85,6 +86,7 @@ def test_missing_libmtl_exits_2_with_the_install_hint():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # two full-size DeepLabV3 (72M parameters each): 25 s on 2 cores
 def test_smoke_ew_table():
     _need_libmtl()
     proc = _run("--smoke", "--compare", "ew")

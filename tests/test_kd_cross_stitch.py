@@ -15,6 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import shrink_argv
+
 from mtlbench.api import TrainContext, count_parameters
 from mtlbench.config import build_dataclass
 from mtlbench.errors import UserError
@@ -344,7 +346,7 @@ def test_kd_mtl_end_to_end(stl_out):
 
     out, stl_record = stl_out
     rc = main(["run", "--method", "kd_mtl", "--backbone", "vit_tiny", "--preset", "smoke",
-               "--out", str(out), "--device", "cpu", "--quiet"])
+               "--out", str(out), "--device", "cpu", "--quiet", *shrink_argv("vit_tiny")])
     assert rc == 0
     rec = _record(out, "kd_mtl")
     assert rec["method_info"]["teacher_run"] == stl_record["id"]
@@ -357,7 +359,8 @@ def test_cross_stitch_end_to_end(tmp_path):
 
     rc = main(["run", "--method", "cross_stitch", "--backbone", "vit_tiny", "--preset", "smoke",
                "--out", str(tmp_path), "--device", "cpu", "--quiet",
-               "--set", "method.stitch_lr_mult=10"])
+               "--set", "method.stitch_lr_mult=10", *shrink_argv("vit_tiny"),
+               "--set", "backbone.depth=4"])  # four blocks: four feature layers to stitch
     assert rc == 0
     rec = _record(tmp_path, "cross_stitch")
     assert rec["params"]["deployable"] == rec["params"]["training_system"]
