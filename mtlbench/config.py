@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -273,6 +274,10 @@ class TrainConfig:
     # clip the gradient norm (off in the paper)
     grad_clip: float | None = option(None, gt=0, example=1.0)
     threads: int | None = option(None, ge=1, example=2)  # torch CPU threads (None: torch's default)
+    # A/A pairs (`mtlbench noise`): the random stream left after initialisation (dropout, random
+    # loss weights, any sampling a method does) is reseeded from (seed, nuisance_seed), while the
+    # initialisation and the data order still come from `seed` alone.  None: one stream, from `seed`.
+    nuisance_seed: int | None = option(None, ge=0, hash_default=False, example=1)
     # torch.compile the networks' blocks and heads (Method.compile_modules); a runtime choice, like the device
     compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
@@ -297,8 +302,18 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+_PARSED: dict[str, Any] = {}  # YAML text -> its parsed value (presets are read on every resolve)
+
+
 def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
+    """``text`` parsed with mtlbench's YAML rules; a fresh copy each call.  Parses are kept by
+    content (pure-Python YAML is most of what resolving a config costs), never by file name, so
+    an edited file is parsed again."""
+    if text not in _PARSED:
+        if len(_PARSED) >= 512:
+            _PARSED.clear()
+        _PARSED[text] = yaml.load(text, Loader=_Loader)  # raises before anything is kept
+    return copy.deepcopy(_PARSED[text])
 
 
 def _registry(kind: str):
@@ -539,6 +554,13 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict:
+    """``typing.get_type_hints`` of a config dataclass, evaluated once per class (evaluating
+    string annotations compiles them: most of what building a small config costs)."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, str]):
     """Validate ``values`` against dataclass ``cls`` and instantiate it.
 
@@ -546,7 +568,7 @@ def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, st
     option's :class:`Check` (ranges, choices; floats finite), then the
     instance's ``validate()`` if it has one.
     """
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
@@ -694,6 +716,17 @@ def identity_data(data: dict) -> dict:
                     and sec[f.name] == _field_default(f):
                 del sec[f.name]
     return d
+
+
+def default_only_options(section: str, sec: dict) -> frozenset[str]:
+    """The options of a config section declared ``hash_default=False``: :func:`identity_data`
+    drops them at their default, so where one config has such a key and the other lacks it,
+    the two differ (the one that has it holds a non-default value)."""
+    cls = _section_class(section, sec) if isinstance(sec, dict) else None
+    if cls is None:
+        return frozenset()
+    return frozenset(f.name for f in dataclasses.fields(cls)
+                     if (check := option_check(f)) is not None and not check.hash_default)
 
 
 def config_hash(data: dict) -> str:

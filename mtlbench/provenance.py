@@ -90,3 +90,30 @@ def source_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
         return None
     status = _git(["status", "--porcelain", "--untracked-files=no"], top)
     return head + ("-dirty" if status else "")
+
+
+def processor_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, e.g. ``AMD EPYC``; else what
+    :mod:`platform` says): what a record's ``device.processor`` holds."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                name = " ".join(line.split(":", 1)[1].split())
+                if name:
+                    return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str | None:
+    """The CPU kernel family torch dispatches to here (``torch.backends.cpu.get_cpu_capability()``:
+    e.g. ``AVX512``, ``AVX2``; None where this torch cannot say)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None

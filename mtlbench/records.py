@@ -62,14 +62,18 @@ SETTING_SECTIONS = ("train", "backbone", "dataset")
 
 @contextmanager
 def _atomic_target(path: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    ``MTLBENCH_FSYNC=0`` skips the fsync (the test suite sets it: the rename stays atomic, so no
+    reader ever sees a partial file, but the file is not forced to disk before it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if os.environ.get("MTLBENCH_FSYNC", "1") != "0":
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -212,7 +216,8 @@ class StepLog:
 
     def sync(self) -> int:
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if os.environ.get("MTLBENCH_FSYNC", "1") != "0":  # see _atomic_target
+            os.fsync(self.fh.fileno())
         return self.fh.tell()
 
     def close(self) -> None:
@@ -458,8 +463,10 @@ def _plain(v: Any) -> Any:
 def setting_differences(record_config: dict, like: dict) -> list[str]:
     """``section.key=value`` for every setting in which a record's config differs from ``like``,
     on the keys both have (runtime keys and backward-compatible options at their defaults
-    aside: :func:`mtlbench.config.identity_data`)."""
-    from .config import identity_data
+    aside: :func:`mtlbench.config.identity_data`), and on the backward-compatible options
+    (``hash_default=False``) one side sets away from their default (e.g. a record of an A/A
+    pair with ``train.nuisance_seed`` against a plain setting, or a shrunk test backbone)."""
+    from .config import default_only_options, identity_data
 
     a, b = identity_data(record_config), identity_data(like)
     out = []
@@ -467,7 +474,13 @@ def setting_differences(record_config: dict, like: dict) -> list[str]:
         ra, rb = a.get(section), b.get(section)
         if not isinstance(ra, dict) or not isinstance(rb, dict):
             continue
-        for k in sorted(ra.keys() & rb.keys()):
+        optional = default_only_options(section, rb) if ra.get("name") == rb.get("name") else frozenset()
+        keys = (ra.keys() & rb.keys()) | ((ra.keys() ^ rb.keys()) & optional)
+        for k in sorted(keys):
+            if (k in ra) != (k in rb):  # a backward-compatible option, set on one side only
+                va, vb = (_plain(ra[k]), "its default") if k in ra else ("its default", _plain(rb[k]))
+                out.append(f"{section}.{k}={va!r} (the preset: {vb!r})")
+                continue
             va, vb = _plain(ra[k]), _plain(rb[k])
             if not same_value(va, vb):
                 out.append(f"{section}.{k}={va!r} (the preset: {vb!r})")

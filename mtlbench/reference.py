@@ -301,3 +301,23 @@ def learned_from_metrics(run_metrics: Mapping[str, Mapping[str, float]], result:
         ref[name] = result.best(name, info)[1][info.key]
         hib[name] = info.higher_is_better
     return learned(run, ref, hib, threshold)
+
+
+def learned_block(dataset, metrics: Mapping[str, Mapping[str, float]],
+                  threshold: float = DEGENERATE_THRESHOLD) -> dict | None:
+    """What a run record says about each task against the input-blind reference (its ``learned``
+    entry): ``{task: {metric, value, reference, reference_variant, improvement, degenerate,
+    threshold}}`` for the task's primary metric; None when the references cannot be computed
+    (the record is still written: tables then compute the comparison themselves)."""
+    try:
+        result = reference_for_dataset(dataset)
+        tasks = dict(dataset.tasks())
+        out = {}
+        for task, lr in learned_from_metrics(metrics, result, tasks, threshold).items():
+            info = tasks[task].primary_metric
+            out[task] = {"metric": info.key, "value": lr.run, "reference": lr.reference,
+                         "reference_variant": result.best(task, info)[0], "improvement": lr.improvement,
+                         "degenerate": lr.degenerate, "threshold": threshold}
+        return out
+    except Exception:  # noqa: BLE001 - a reference that cannot be computed must not lose the run
+        return None

@@ -37,7 +37,9 @@ from .config import ResolvedConfig
 from .errors import UserError
 from .models import assemble
 from .progress import Progress
-from .records import RunPaths, StepLog, atomic_torch_save, make_record, write_record
+from .provenance import cpu_capability, processor_model
+from .records import RunPaths, StepLog, atomic_torch_save, make_record, strict_json, write_record
+from .reference import learned_block
 from .registry import DATASETS
 from .runs import RunContext, RunLock
 
@@ -62,6 +64,13 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"train.device {name!r}: CUDA is not available on this machine",
                         hint="use --device cpu (or auto)")
     return dev
+
+
+def nuisance_stream_seed(seed: int, nuisance_seed: int) -> int:
+    """The seed of the random stream after initialisation in an A/A pair's run: a 63-bit
+    integer mixed from both seeds (numpy's SeedSequence), so nearby pairs share no stream."""
+    words = np.random.SeedSequence([int(seed), int(nuisance_seed), 0x6E756973]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
 
 
 def seed_everything(seed: int) -> None:
@@ -504,6 +513,11 @@ class Training:
             self.images_seen = resume["images_seen"]
             steps_size = resume["steps_size"]
             _set_rng_state(resume["rng"])
+        elif tcfg.nuisance_seed is not None:
+            # everything drawn so far (the networks, the method's own state) came from `seed`;
+            # what is drawn from here on is the pair's nuisance stream (the data order has its
+            # own generator, seeded from `seed` in train_loader)
+            seed_everything(nuisance_stream_seed(cfg.seed, tcfg.nuisance_seed))
         self.steplog = StepLog(paths.steps_tmp, steps_size)
 
         mode = "none" if opts.quiet else tcfg.progress
@@ -676,8 +690,12 @@ class Training:
                     "inference_ms_per_image": round(latency, 3)},
             memory=memory,
             device={"type": s.device.type, "name": dev_name, "amp": s.amp, "channels_last": s.channels_last,
-                    "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile)},
+                    "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile),
+                    # what decides the floating-point reduction order on a CPU (tables check pairs on it)
+                    "processor": processor_model(), "cpu_capability": cpu_capability()},
             method_info=method.summary_info())
+        # per task: how far the run is from the input-blind reference (degenerate when not clearly better)
+        record["learned"] = strict_json(learned_block(s.dataset, record["metrics"]))
         return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
 
 

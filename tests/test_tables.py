@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mtlbench.stats import min_detectable_effect
+
 from mtlbench.cli import main as cli_main
 from mtlbench.delta import delta
 from mtlbench.errors import UserError
@@ -608,7 +610,9 @@ def test_markdown_csv_latex_rich_carry_the_interval():
     assert f"{cell} [7.17]" in dwa_line and "| better" in dwa_line
     assert "95% Student-t interval" in md
     tex = render(bt, "latex")
-    assert rf"+3.00 $\pm$ {half:.2f} [7.17] & better \\" in tex
+    mde = min_detectable_effect(3, 1.0)  # sd of Δ 2, 3, 4: 1; no noise floor measured
+    assert f"|  {mde:.2f} | better" in dwa_line
+    assert rf"+3.00 $\pm$ {half:.2f} [7.17] & {mde:.2f} & better \\" in tex
     assert r"\toprule" in tex and r"\bottomrule" in tex
     rich = render(bt, "rich")
     assert cell in rich and "better" in rich
@@ -617,6 +621,7 @@ def test_markdown_csv_latex_rich_carry_the_interval():
     assert dwa["delta"] == pytest.approx(3.0)
     assert (dwa["delta_lo"], dwa["delta_hi"]) == (pytest.approx(3 - half), pytest.approx(3 + half))
     assert dwa["delta_n"] == 3 and dwa["verdict"] == "better"
+    assert dwa["mde"] == pytest.approx(mde) and dwa["mde_basis"] == "observed"
     assert [dwa[f"delta_seed{s}"] for s in range(3)] == pytest.approx([2.0, 3.0, 4.0])
     assert math.isnan(dwa["delta_seed3"])  # seed 3: the baseline only
     assert df[df["row"] == "baseline"].iloc[0]["verdict"] == "reference"
@@ -660,7 +665,7 @@ def test_multi_section_and_multi_backbone_tables(monkeypatch):
     assert "deeplabv3: mIoU ↑" in md3 and "deeplabv3_mtan: Δ ↑" in md3 and "deeplabv3_mtan: verdict" in md3
     assert "cannot be recomputed from its displayed columns" in md3
     tex3 = render(_fixture_table(monkeypatch, table=3), "latex")
-    assert r"\multicolumn{9}{c}{deeplabv3\_mtan}" in tex3
+    assert r"\multicolumn{10}{c}{deeplabv3\_mtan}" in tex3  # seeds, 6 metrics, Δ, MDE, verdict
 
 
 def test_cli_table(monkeypatch, capsys, tmp_path):

@@ -31,6 +31,13 @@ def _record(out: Path) -> dict:
     return rec
 
 
+def _cfg_of(rec: dict):
+    """The resolved config a record was trained with."""
+    from mtlbench.config import from_dict
+
+    return from_dict(rec["config"])
+
+
 def _rows(rec: dict, key: str) -> list[dict]:
     """The JSON Lines log a schema-2 record points at (``steps_file`` / ``epochs_file``)."""
     path = Path(rec["_path"]).parent / rec["history"][key]
@@ -64,6 +71,22 @@ def test_cli_run_writes_a_complete_record(tmp_path, capsys):
     assert rec["params"]["deployable"] == rec["params"]["training_system"] > 1_000_000
     assert rec["timing"]["train_images_per_s"] > 0
     assert {"torch", "timm", "mtlbench"} <= set(rec["versions"])
+    # where it ran, as far as reduction order goes (tables check paired runs on these)
+    assert rec["device"]["amp"] in ("fp32", "bf16") and rec["device"]["threads"] >= 1
+    assert rec["device"]["processor"] and rec["device"]["processor"] != "x86_64" or \
+        not Path("/proc/cpuinfo").exists()
+    assert "cpu_capability" in rec["device"]
+    # per task, the run against the input-blind reference of its dataset (issue 22)
+    from mtlbench.reference import learned_from_metrics, reference_for_dataset
+    from mtlbench.trainer import build
+
+    ds = build(_cfg_of(rec), with_data=False).dataset
+    want = learned_from_metrics(rec["metrics"], reference_for_dataset(ds), ds.tasks())
+    assert set(rec["learned"]) == {"semseg", "depth", "normal"}
+    for task, lr in want.items():
+        got = rec["learned"][task]
+        assert got["metric"] == rec["tasks"][task]["primary"] and got["value"] == rec["metrics"][task][got["metric"]]
+        assert got["improvement"] == pytest.approx(lr.improvement) and got["degenerate"] == lr.degenerate
     assert (out / rec["checkpoint"]).is_file()
     assert not list((out / "checkpoints").rglob("last.pt")), "last.pt is removed at the end"
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"

@@ -15,7 +15,7 @@ from ..errors import UserError
 
 # subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
 SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
-               "sweep": "sweep", "plot": "plot", "claims": "claims"}
+               "sweep": "sweep", "plot": "plot", "claims": "claims", "noise": "noise"}
 
 
 class _Renamed(argparse.Action):

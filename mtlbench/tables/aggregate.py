@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import UserError
-from ..stats import PairedSummary, summarize
+from ..noise import DEFAULT_NUISANCE, effective_sd, find_pairs
+from ..reference import learned_from_metrics
+from ..stats import PairedSummary, min_detectable_effect, summarize
 from .datasets import dataset_tasks, needs_root
 from ..records import BadRecord, RecordStore
 from .plan import Job, RecordIndex, Setting, plan_runs
@@ -34,6 +36,9 @@ from .spec import Column, Row, TableSpec
 
 #: the verdict shown for the Δ reference row itself
 REFERENCE = "reference"
+#: the row of the input-blind reference predictors (metrics only: no method, no Δ, no verdict)
+BLIND_KEY = "input_blind_reference"
+BLIND_LABEL = "Input-blind reference"
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Cell:
     seeds: list[int] = field(default_factory=list)  # seeds found
     per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> the record's metrics
     threads: dict[int, int | None] = field(default_factory=dict)  # seed -> the run's CPU threads (record)
+    machine: dict[int, dict] = field(default_factory=dict)  # seed -> the record's device (type, amp, processor...)
     mean: dict[str, dict[str, float]] = field(default_factory=dict)
     std: dict[str, dict[str, float]] = field(default_factory=dict)
     delta: PairedSummary | None = None  # paired Δ against the reference row
@@ -52,6 +58,12 @@ class Cell:
     paper: dict[str, float | None] | None = None
     paper_delta: float | None = None  # the paper's Δ against the reference in use
     unsupported: str | None = None
+    # the smallest true Δ the paired seeds detect with 80% power at α = 0.05 (two-sided paired
+    # t), from the larger of the row's own paired sd and the noise floor (``mde_basis`` says which)
+    mde: float | None = None
+    mde_basis: str = ""
+    # task -> the seeds whose run did not clearly beat the input-blind reference on that task
+    degenerate: dict[str, list[int]] = field(default_factory=dict)
 
     def value(self, col: Column) -> tuple[float | None, float | None]:
         m = self.mean.get(col.task, {}).get(col.metric)
@@ -79,6 +91,10 @@ class Comparison:
     paper_deltas: tuple[float | None, float | None] | None = None  # a's and b's printed Δ (vs the paper's ref)
     paper_reference: str = ""
     mixed_threads: dict[int, tuple[int, int]] = field(default_factory=dict)  # seed -> (a's, b's CPU threads)
+    mixed_footing: dict[int, list[str]] = field(default_factory=dict)  # seed -> precision/processor differences
+    mde: float | None = None  # the minimum detectable Δ (80% power), from the larger of the paired sd and the floor
+    mde_basis: str = ""
+    noise_sd: float | None = None  # the measured noise floor of the backbone, if any
 
     def paper_text(self) -> str | None:
         """The paper's number beside the comparison, or None."""
@@ -106,8 +122,13 @@ class Comparison:
             label = self.a.label if key == self.a.key else self.b.label
             out.append(f"  no record of {label} for seed{'s' if len(seeds) > 1 else ''} "
                        f"{', '.join(map(str, seeds))}")
+        if self.mde is not None:
+            out.append(f"  detectable: a true Δ of {self.mde:.2f} with 80% power at these {s.n} seeds "
+                       f"(from the {self.mde_basis} sd)")
         if self.mixed_threads:
             out.append(f"  {threads_text(self.mixed_threads)}")
+        if self.mixed_footing:
+            out.append(f"  {footing_text(self.mixed_footing)}")
         return out
 
 
@@ -119,6 +140,36 @@ def mixed_threads(a: Cell, b: Cell) -> dict[int, tuple[int, int]]:
         if ta and tb and ta != tb:
             out[s] = (ta, tb)
     return out
+
+
+#: what else decides a run's floating-point results: the resolved precision (``train.amp: auto``
+#: resolved), and on a CPU the processor model and the kernel family torch dispatches to
+FOOTING_KEYS = (("amp", "precision", False), ("processor", "processor", True),
+                ("cpu_capability", "CPU kernels", True))
+
+
+def mixed_footing(a: Cell, b: Cell) -> dict[int, list[str]]:
+    """Paired seeds whose two runs differ in precision, processor or CPU kernel family:
+    ``{seed: ["processor AMD EPYC vs Intel Xeon", ...]}``.  Keys a record lacks (written before
+    mtlbench recorded them) are unknown, not a difference (:func:`unknown_footing` counts them)."""
+    out: dict[int, list[str]] = {}
+    for s in sorted(set(a.per_seed) & set(b.per_seed)):
+        da, db = a.machine.get(s) or {}, b.machine.get(s) or {}
+        diffs = []
+        for key, name, cpu_only in FOOTING_KEYS:
+            if cpu_only and not (da.get("type") == db.get("type") == "cpu"):
+                continue
+            va, vb = da.get(key), db.get(key)
+            if va is not None and vb is not None and va != vb:
+                diffs.append(f"{name} {va} vs {vb}")
+        if diffs:
+            out[s] = diffs
+    return out
+
+
+def footing_text(mixed: dict[int, list[str]]) -> str:
+    return ("runs on unequal footing (" + "; ".join(f"seed {s}: {', '.join(d)}" for s, d in mixed.items())
+            + "): the floating-point results differ by machine and precision alone")
 
 
 THREADS_CAVEAT = ("the floating-point reduction order differs, which alone can move a seed's Δ by several "
@@ -157,6 +208,12 @@ class BuiltTable:
     notes: list[str]
     directions: dict[str, dict[str, bool]] = field(default_factory=dict)
     problems: list[BadRecord] = field(default_factory=list)  # unreadable records under runs/
+    noise: dict[str, Any] = field(default_factory=dict)  # backbone -> NoiseFloor (A/A pairs of the Δ reference)
+    # the input-blind references of the setting's dataset (mtlbench.reference); None: not computed
+    # (``blind_note`` says why); ``tasks``: the dataset's tasks (their primary metrics)
+    blind: Any = None
+    blind_note: str = ""
+    tasks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[Job]:
@@ -183,7 +240,13 @@ class BuiltTable:
                    for r, c in ((ra, ca), (rb, cb)) if not c.unsupported}
         comp = Comparison(ra, rb, bb, summarize(values), errors, {k: v for k, v in missing.items() if v},
                           paper_reference=(self.spec.row(self.spec.paper_reference).label),
-                          mixed_threads=mixed_threads(ca, cb))
+                          mixed_threads=mixed_threads(ca, cb), mixed_footing=mixed_footing(ca, cb))
+        fl = self.noise.get(bb)
+        comp.noise_sd = fl.sd if fl is not None and fl.measured else None
+        if comp.summary.n >= 2:
+            sd, basis = effective_sd(comp.summary.sd, fl)
+            if sd is not None:
+                comp.mde, comp.mde_basis = min_detectable_effect(comp.summary.n, sd), basis
         pa, pb = self.spec.paper_values(ra, bb), self.spec.paper_values(rb, bb)
         if self.spec.delta and pa is not None and pb is not None:
             if rb.key == self.spec.paper_reference:
@@ -227,8 +290,49 @@ class BuiltTable:
                     for s in self.seeds:
                         line[f"delta_seed{s}"] = None if d is None else d.values.get(s)
                     line["delta:paper"] = c.paper_delta
+                    line["mde"] = c.mde
+                    line["mde_basis"] = c.mde_basis
+                    fl = self.noise.get(bb)
+                    line["noise_sd"] = fl.sd if fl is not None and fl.measured else None
+                    line["noise_pairs"] = fl.n if fl is not None else 0
+                    for task in self.tasks:
+                        line[f"degenerate:{task}"] = len(c.degenerate.get(task, []))
                     lines.append(line)
+        blind = self.blind_values()
+        if blind is not None:
+            for bb in self.spec.backbones:
+                line = {"section": "", "row": BLIND_KEY, "label": BLIND_LABEL, "method": "", "overrides": "",
+                        "backbone": bb, "dataset": self.setting.dataset, "preset": self.setting.preset,
+                        "seeds": "", "n_seeds": 0, "unsupported": False}
+                for col in self.spec.columns:
+                    line[col.key] = blind.get(col.task, {}).get(col.metric)
+                lines.append(line)
         return pd.DataFrame(lines)
+
+    def blind_values(self) -> dict[str, dict[str, float]] | None:
+        """The input-blind reference row's metrics, ``{task: {metric: value}}``: per task the
+        reference variant strongest on the task's primary metric (None: not computed)."""
+        if self.blind is None:
+            return None
+        out = {}
+        for task, t in self.tasks.items():
+            if task in self.blind.metrics:
+                out[task] = dict(self.blind.best(task, t.primary_metric)[1])
+        return out
+
+    def blind_variants(self) -> dict[str, str]:
+        """``{task: the reference variant the row shows}`` (e.g. depth: pixel_mean)."""
+        if self.blind is None:
+            return {}
+        return {task: self.blind.best(task, t.primary_metric)[0] for task, t in self.tasks.items()
+                if task in self.blind.metrics}
+
+    def primary_column(self, task: str) -> Column | None:
+        """The column that carries ``task``'s degenerate flag: its primary metric's, else its first."""
+        cols = [c for c in self.spec.columns if c.task == task]
+        t = self.tasks.get(task)
+        key = t.primary_metric.key if t is not None else None
+        return next((c for c in cols if c.metric == key), cols[0] if cols else None)
 
 
 def paired_deltas(results: dict[int, dict], reference: dict[int, dict],
@@ -273,14 +377,15 @@ def table_directions(spec: TableSpec, setting: Setting, records: Iterable[dict])
 
 def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | None = None,
                 delta_ref: str | None = None, records: Iterable[dict] | None = None,
-                index: RecordIndex | None = None) -> BuiltTable:
+                index: RecordIndex | None = None, references: bool = True) -> BuiltTable:
     """Match records to the spec's rows and aggregate them.
 
     ``seeds``: the seeds the table should have (default: every seed found in
     the table's records, or ``[0]`` when there are none).  ``delta_ref``: the
     key of the Δ reference row (default: the paper's, ``baseline``).
     ``records``: the records to use (default: every record under
-    ``setting.out``); or a prepared ``index``.
+    ``setting.out``); or a prepared ``index``.  ``references``: compute the input-blind
+    reference row and the degenerate flags (:func:`input_blind_reference`; opens the dataset).
     """
     import pandas as pd
 
@@ -339,6 +444,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
                 c.per_seed[s] = j.records[0].get("metrics") or {}
                 dev = j.records[0].get("device") or {}
                 c.threads[s] = dev.get("threads") if dev.get("type") == "cpu" else None  # CPU runs only
+                c.machine[s] = dev
         if c.seeds and repr(g) in groups:
             sub = stats.loc[repr(g)]
             c.mean = _nested({k: float(v) for k, v in sub["mean"].items()})
@@ -348,12 +454,16 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
     cells = {(row.key, bb): cell_stats(row, bb) for row in spec.rows(hidden=True) for bb in spec.backbones}
     undefined: dict[str, list[str]] = {}  # error -> rows (a zero in the reference hits them all)
     mixed_rows: list[str] = []  # rows with paired seeds on different CPU thread counts
+    unequal: list[str] = []  # rows with paired seeds on different precision / processors
     multi = len(spec.backbones) > 1
     for (_, bb), c in cells.items():
         rc = cells.get((ref.key, bb))
         if c.per_seed and rc is not None and rc.per_seed:
             values, errors = paired_deltas(c.per_seed, rc.per_seed, directions)
             c.delta = summarize(values)
+            footing = mixed_footing(c, rc) if c is not rc else {}
+            if footing:
+                unequal.append(c.row.label + (f" ({bb})" if multi else "") + ": " + footing_text(footing))
             mixed = mixed_threads(c, rc) if c is not rc else {}
             if mixed:
                 mixed_rows.append(c.row.label + (f" ({bb})" if multi else "")
@@ -385,6 +495,14 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         notes.append(f"Paired runs on different CPU thread counts than {ref.label}'s of the same seed: "
                      f"{'; '.join(mixed_rows)}. {THREADS_CAVEAT[0].upper()}{THREADS_CAVEAT[1:]}; "
                      f"`mtlbench table --compare` lists the counts.")
+    if unequal:
+        notes.append(f"Paired runs not on equal footing with {ref.label}'s of the same seed: {'; '.join(unequal)}. "
+                     f"Pin the processor and precision of a study (records say where each ran).")
+    unknown = sum(1 for c in cells.values() for d in c.machine.values() if "processor" not in (d or {}))
+    if unknown:
+        notes.append(f"{unknown} record{'s' if unknown > 1 else ''} of this table predate{'' if unknown > 1 else 's'} "
+                     f"the processor field (written before mtlbench recorded the CPU model and kernel family): "
+                     f"their machine is unknown, so pairs with them are not checked for it.")
     for err, labels in undefined.items():
         notes.append(f"Δ is undefined for {', '.join(labels)} on {err} "
                      f"(too short a training run? e.g. --preset quick trains longer than smoke)")
@@ -402,7 +520,50 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
     if setting.data_root is None and needs_root(setting.dataset) and any(not j.recorded for j in jobs):
         notes.append(f"The commands carry `--data-root DIR`: replace DIR with your {setting.dataset} "
                      f"directory, or pass --data-root to this command.")
-    return BuiltTable(spec, setting, seeds, ref, cells, jobs, notes, directions, list(index.problems))
+    noise = {}
+    for bb in spec.backbones:
+        if bb in ref.unsupported:
+            continue
+        fl = find_pairs(index.store, setting, ref.method, bb, nuisance=DEFAULT_NUISANCE,
+                        overrides=ref.overrides, directions=directions)
+        if fl.records:
+            noise[bb] = fl
+    bt = BuiltTable(spec, setting, seeds, ref, cells, jobs, notes, directions, list(index.problems), noise)
+    if references:
+        bt.blind, bt.tasks, bt.blind_note = input_blind_reference(setting, ref.method, spec.backbones[0],
+                                                                  seeds[0] if seeds else 0)
+    for (_, bb), c in cells.items():
+        if c.delta is not None and c.delta.n >= 2 and not c.is_reference:
+            sd, basis = effective_sd(c.delta.sd, noise.get(bb))
+            if sd is not None:
+                c.mde, c.mde_basis = min_detectable_effect(c.delta.n, sd), basis
+        if bt.blind is not None:
+            for s_, metrics in c.per_seed.items():
+                for task, lr in learned_from_metrics(metrics, bt.blind, bt.tasks).items():
+                    if lr.degenerate:
+                        c.degenerate.setdefault(task, []).append(s_)
+    return bt
+
+
+def input_blind_reference(setting: Setting, method: str, backbone: str, seed: int):
+    """``(ReferenceResult, tasks, "")`` of the setting's dataset (:mod:`mtlbench.reference`: fitted on
+    its train split, scored on val, cached), or ``(None, {}, why)`` when the dataset cannot be
+    opened here (e.g. a real dataset without ``--data-root``)."""
+    import sys
+
+    from ..reference import reference_for_dataset
+    from ..registry import DATASETS
+    from .plan import JobBuilder
+
+    try:
+        cfg = JobBuilder(setting).resolve(method, {}, backbone, seed)
+        dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
+        result = reference_for_dataset(dataset, log=lambda m: print(f"mtlbench: {m}", file=sys.stderr,
+                                                                      flush=True))
+        return result, dict(dataset.tasks()), ""
+    except (UserError, OSError) as exc:
+        msg = exc.message if isinstance(exc, UserError) else str(exc)
+        return None, {}, f"the input-blind reference needs the dataset's files ({msg})"
 
 
 def _nested(flat: dict[tuple[str, str], float]) -> dict[str, dict[str, float]]:

@@ -162,6 +162,8 @@ class RecordIndex:
                 if not any(r is rec for r in recs):
                     recs.append(rec)
                     keys.extend(k for k in why.details if k not in keys)
+            elif why.what == "settings" and all(d.startswith("train.nuisance_seed=") for d in why.details):
+                continue  # a run of an A/A pair: the table's noise floor (mtlbench.noise), no row's
             elif why.what == "settings":
                 rid = str(rec.get("id") or rec.get("_path") or f"{method} seed {seed}")
                 self.variants.setdefault(method, {})[rid] = list(why.details)
@@ -208,6 +210,7 @@ class Job:
     command: str = ""
     config: Any = None
     config_error: str | None = None
+    sets: tuple[str, ...] = ()  # further ``--set`` settings of the run (an A/A pair's train.nuisance_seed)
 
     @property
     def group(self) -> tuple:
@@ -215,7 +218,7 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (*self.group, self.seed)
+        return (*self.group, self.seed, *((self.sets,) if self.sets else ()))
 
     @property
     def recorded(self) -> bool:
@@ -229,7 +232,8 @@ class Job:
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
-        return (f"{self.method}{f' ({opts})' if opts else ''} · {self.backbone} · seed {self.seed}"
+        extra = "".join(f" · {x}" for x in self.sets)
+        return (f"{self.method}{f' ({opts})' if opts else ''} · {self.backbone} · seed {self.seed}{extra}"
                 f" [{'; '.join(self.labels)}]")
 
 
@@ -256,23 +260,25 @@ class JobBuilder:
     def __init__(self, setting: Setting):
         self.setting = setting
 
-    def resolve(self, method: str, overrides: dict, backbone: str, seed: int):
-        """The run's :class:`~mtlbench.config.ResolvedConfig`, as ``mtlbench run`` would resolve it."""
+    def resolve(self, method: str, overrides: dict, backbone: str, seed: int, extra: Sequence[str] = ()):
+        """The run's :class:`~mtlbench.config.ResolvedConfig`, as ``mtlbench run`` would resolve it
+        (``extra``: further ``--set`` strings)."""
         from ..config import resolve
 
         s = self.setting
         sets = [f"dataset.{k}={yaml_scalar(v)}" for k, v in s.options.items()]
         sets += [f"method.{k}={yaml_scalar(v)}" for k, v in overrides.items()]
+        sets += list(extra)
         return resolve(preset=s.preset,
                        flags=[("method.name", method, "--method"), ("backbone.name", backbone, "--backbone"),
                               ("dataset.name", s.dataset, "--dataset"),
                               ("dataset.root", s.data_root, "--data-root"), ("seed", seed, "--seed")],
                        sets=sets)
 
-    def build(self, method: str, overrides: dict, backbone: str, seed: int) -> Job:
-        job = Job(method, effective_overrides(method, overrides), backbone, seed)
+    def build(self, method: str, overrides: dict, backbone: str, seed: int, sets: Sequence[str] = ()) -> Job:
+        job = Job(method, effective_overrides(method, overrides), backbone, seed, sets=tuple(sets))
         try:
-            job.config = self.resolve(method, job.overrides, backbone, seed)
+            job.config = self.resolve(method, job.overrides, backbone, seed, job.sets)
         except UserError as exc:  # e.g. a plugin that is not installed here
             job.config_error = exc.message
         if job.config is not None:

@@ -14,7 +14,8 @@ import math
 from typing import Sequence
 
 from ..errors import UserError
-from .aggregate import BuiltTable, Cell
+from ..reference import DEGENERATE_THRESHOLD
+from .aggregate import BLIND_LABEL, BuiltTable, Cell
 from .spec import Column, Row, Section
 
 FORMATS = ("rich", "md", "csv", "latex")
@@ -50,28 +51,57 @@ def delta_text(c: Cell) -> str:
     return d.text(2)
 
 
+def mde_text(c: Cell) -> str:
+    """``5.05`` (the minimum detectable Δ from the row's own paired sd), ``5.05*`` (from the
+    noise floor, which is larger), ``–`` without two paired seeds."""
+    if c.mde is None:
+        return DASH
+    return f"{c.mde:.2f}" + ("*" if c.mde_basis == "noise floor" else "")
+
+
+def _degenerate_mark(bt: BuiltTable, c: Cell, col: Column) -> str:
+    seeds = c.degenerate.get(col.task)
+    if not seeds or bt.primary_column(col.task) is not col:
+        return ""
+    return f" †{len(seeds)}"
+
+
 def _cells(bt: BuiltTable, row: Row, bb: str, paper: bool) -> list[str]:
-    """The printed cells of one row on one backbone: seeds, metrics, Δ, verdict."""
+    """The printed cells of one row on one backbone: seeds, metrics, Δ, MDE, verdict."""
     c = bt.cell(row, bb)
-    ncols = len(bt.spec.columns) + (2 if bt.spec.delta else 0)
+    ncols = len(bt.spec.columns) + (3 if bt.spec.delta else 0)
     if c.unsupported:
         return ["-"] * (1 + ncols)
     out = [f"{len(c.seeds)}/{len(bt.seeds)}"]
     for col in bt.spec.columns:
-        text = _ours(c, col)
+        text = _ours(c, col) + _degenerate_mark(bt, c, col)
         p = _paper(c, col.key, col.precision) if paper else None
         out.append(text + (f" [{p}]" if p is not None else ""))
     if bt.spec.delta:
         p = None if (not paper or c.paper_delta is None) else f"{c.paper_delta:.2f}"
         out.append(delta_text(c) + (f" [{p}]" if p is not None else ""))
+        out.append(mde_text(c))
         out.append(c.verdict or DASH)
+    return out
+
+
+def _blind_cells(bt: BuiltTable) -> list[str] | None:
+    """The input-blind reference row's cells on one backbone (metrics only), or None."""
+    values = bt.blind_values()
+    if values is None:
+        return None
+    out = [DASH]
+    for col in bt.spec.columns:
+        out.append(_fmt(values.get(col.task, {}).get(col.metric), col.precision))
+    if bt.spec.delta:
+        out += [DASH, DASH, DASH]
     return out
 
 
 def _bb_headers(bt: BuiltTable) -> list[str]:
     hs = ["seeds"] + [c.header for c in bt.spec.columns]
     if bt.spec.delta:
-        hs += ["Δ ↑", "verdict"]
+        hs += ["Δ ↑", "MDE", "verdict"]
     return hs
 
 
@@ -91,7 +121,46 @@ def _body(bt: BuiltTable, section: Section, paper: bool) -> list[list[str]]:
         for bb in bt.spec.backbones:
             line += _cells(bt, row, bb, paper)
         rows.append(line)
+    blind = _blind_cells(bt)
+    if blind is not None and section is bt.spec.sections[-1]:  # under the last section's rows
+        rows.append([BLIND_LABEL, *([""] * len(bt.spec.flag_columns)), *(blind * len(bt.spec.backbones))])
     return rows
+
+
+def footer_lines(bt: BuiltTable) -> list[str]:
+    """What every format prints under the table: the reference row's provenance, the degenerate
+    flags' meaning and count, and the noise floor of each backbone (or that it is not measured)."""
+    out = []
+    if bt.blind is not None:
+        variants = ", ".join(f"{t}: {v}" for t, v in bt.blind_variants().items())
+        out.append(f"{BLIND_LABEL}: predictions that ignore the image, fitted on the train split and scored "
+                   f"on val with the runs' metric code ({variants}; the stronger variant per task on its "
+                   f"primary metric). It is no method and takes no verdict.")
+        flagged = [(c, t, len(ss)) for c in bt.cells.values() for t, ss in c.degenerate.items()]
+        if flagged:
+            runs = sum(len(c.seeds) for c in bt.cells.values() if c.degenerate)
+            by_task = {}
+            for c, t, n in flagged:
+                by_task[t] = by_task.get(t, 0) + n
+            tasks = ", ".join(f"{t} in {n}" for t, n in sorted(by_task.items()))
+            out.append(f"†k: in k of the row's seeds the run did not learn the task: its primary metric is "
+                       f"not more than {DEGENERATE_THRESHOLD:.0%} better than the input-blind reference's "
+                       f"(degenerate; {tasks} run-seeds of the table). Such a run is still a result, but "
+                       f"its Δ on that task measures nothing the image taught it.")
+    elif bt.blind_note:
+        out.append(f"No {BLIND_LABEL.lower()} row: {bt.blind_note}.")
+    if bt.spec.delta:
+        ref = bt.reference
+        for bb in bt.spec.backbones:
+            fl = bt.noise.get(bb)
+            on = f" ({bb})" if len(bt.spec.backbones) > 1 else ""
+            if fl is None:
+                out.append(f"Noise floor{on}: not measured (`mtlbench noise --table {bt.spec.id} --preset "
+                           f"{bt.setting.preset}{f' --backbone {bb}' if on else ''}` trains A/A pairs of "
+                           f"{ref.label}). MDE then rests on each row's own paired sd.")
+            else:
+                out.append(fl.text() + (" MDE* uses it where it exceeds a row's own paired sd." if fl.measured else ""))
+    return out
 
 
 def _info_line(bt: BuiltTable) -> str:
@@ -114,7 +183,9 @@ def _legend(bt: BuiltTable, paper: bool) -> str:
     if bt.spec.delta:
         text += (f" Δ (Eq. 4, %, higher is better) is paired: computed per seed against {bt.reference.label}'s "
                  f"record of the same seed, over all metrics of each task; shown as mean ± half-width of the "
-                 f"95% Student-t interval over the paired seeds. Verdict: better / worse (interval above / "
+                 f"95% Student-t interval over the paired seeds. MDE: the smallest true Δ these paired seeds "
+                 f"detect with 80% power (two-sided paired t, α = 0.05), from the row's paired sd or, marked *, "
+                 f"the noise floor when larger. Verdict: better / worse (interval above / "
                  f"below 0), no significant difference (contains 0), too few seeds (< 3 paired seeds).")
     return text
 
@@ -148,6 +219,7 @@ def render_markdown(bt: BuiltTable, paper: bool = True) -> str:
         df = pd.DataFrame(body, columns=headers)
         out += [df.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
     out += [_legend(bt, paper), ""]
+    out += [line for f in footer_lines(bt) for line in (f, "")]
     if bt.notes:
         out += ["Notes:"] + [f"- {n}" for n in bt.notes] + [""]
     miss = _missing_lines(bt)
@@ -166,7 +238,7 @@ def render_csv(bt: BuiltTable, paper: bool = True) -> str:
 
 _LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
                ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"),
-               ("Δ", r"$\Delta$"), ("°", r"$^\circ$"), ("✓", r"\checkmark"), ("–", "--"),
+               ("Δ", r"$\Delta$"), ("†", r"$^\dagger$"), ("°", r"$^\circ$"), ("✓", r"\checkmark"), ("–", "--"),
                ("<", r"$<$")]
 
 
@@ -211,7 +283,7 @@ def render_latex(bt: BuiltTable, paper: bool = True) -> str:
                              if not (ln == r"\midrule" and i + 1 < len(lines) and lines[i + 1] == r"\bottomrule"))
     out = [f"% {spec.title}", f"% {_info_line(bt)}", r"\begin{table}[t]", r"\centering",
            r"\caption{" + _tex(spec.title) + "}", tabular.rstrip("\n"), r"\end{table}"]
-    out += [f"% {line}" for line in [_legend(bt, paper), *bt.notes, *_missing_lines(bt)]]
+    out += [f"% {line}" for line in [_legend(bt, paper), *footer_lines(bt), *bt.notes, *_missing_lines(bt)]]
     return "\n".join(out) + "\n"
 
 
@@ -250,8 +322,14 @@ def render_rich(bt: BuiltTable, paper: bool = True, console=None) -> None:
                         t.append("\n[" + rest, style="dim")
                     texts.append(t)
                 table.add_row(Text(row.label), *(Text(f) for f in row.flags), *texts)
+            blind = _blind_cells(bt)
+            if blind is not None and sec is spec.sections[-1]:
+                table.add_row(Text(BLIND_LABEL, style="dim"), *(Text("") for _ in spec.flag_columns),
+                              *(Text(x, style="dim") for x in blind))
             console.print(table)
     console.print(Text(_legend(bt, paper)))
+    for line in footer_lines(bt):
+        console.print(Text(line))
     for n in bt.notes:
         console.print(Text(f"note: {n}", style="yellow"))
     for line in _missing_lines(bt):
