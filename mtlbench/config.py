@@ -72,6 +72,10 @@ TOP_LEVEL_KEYS = ("seed", "preset", "method", "backbone", "dataset", "train")
 
 #: keys that do not change what a run computes; left out of the config hash so a
 #: run keeps its identity across machines (device, worker count, data location)
+#: the largest run seed (numpy's legacy seeding takes 32 bits; the per-epoch shuffle seed, about
+#: seed * 1e5, must stay within torch's 64-bit generator seed)
+MAX_SEED = 2**32 - 1
+
 RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress", "train.compile")
 
 
@@ -273,11 +277,11 @@ class TrainConfig:
     log_every: int = option(1, ge=0)  # record per-step logs (losses, weights) every N steps (0: never)
     # clip the gradient norm (off in the paper)
     grad_clip: float | None = option(None, gt=0, example=1.0)
-    threads: int | None = option(None, ge=1, example=2)  # torch CPU threads (None: torch's default)
+    threads: int | None = option(None, ge=1, le=1024, example=2)  # torch CPU threads (None: torch's default)
     # A/A pairs (`mtlbench noise`): the random stream left after initialisation (dropout, random
     # loss weights, any sampling a method does) is reseeded from (seed, nuisance_seed), while the
     # initialisation and the data order still come from `seed` alone.  None: one stream, from `seed`.
-    nuisance_seed: int | None = option(None, ge=0, hash_default=False, example=1)
+    nuisance_seed: int | None = option(None, ge=0, le=2**32 - 1, hash_default=False, example=1)
     # torch.compile the networks' blocks and heads (Method.compile_modules); a runtime choice, like the device
     compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
@@ -738,9 +742,10 @@ def config_hash(data: dict) -> str:
 def finalize(layers: Layers, sources: list[str] | None = None) -> ResolvedConfig:
     data = layers.data
     seed = data.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UserError(f"seed (from {layers.origin.get('seed', '?')}) must be a non-negative "
-                        f"integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed (from {layers.origin.get('seed', '?')}) must be an integer from 0 to "
+                        f"{MAX_SEED} (2^32 - 1), got {seed!r}",
+                        hint="the per-epoch shuffle seeds are derived from it and must stay within 64 bits")
     objs = {}
     full = {"seed": seed, "preset": data.get("preset")}
     for section in PLUGIN_SECTIONS:

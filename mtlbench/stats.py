@@ -420,20 +420,28 @@ def paired_t_pvalue(values: Sequence[float], alternative: str = "two-sided") -> 
 
 
 def holm(pvalues):
-    """Holm's step-down adjusted p-values (statsmodels ``multipletests(method="holm")``).
+    """Holm's step-down adjusted p-values.
 
     With the ``m`` p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted
     ``p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where ``p~ < alpha``
     controls the family-wise error rate at ``alpha``.  ``pvalues``: a mapping (returns a dict
-    with the same keys) or a sequence (returns a list).  A NaN p-value (no test) counts as 1."""
-    from statsmodels.stats.multitest import multipletests
+    with the same keys) or a sequence (returns a list).  A NaN p-value (no test) counts as 1.
 
+    Written out rather than calling statsmodels' ``multipletests(method="holm")``, which
+    runs ``gc.collect()`` on every call (half a second in a process holding networks);
+    tests/test_stats.py checks the two agree."""
     keys = list(pvalues) if isinstance(pvalues, Mapping) else None
     ps = [float(pvalues[k]) for k in keys] if keys is not None else [float(p) for p in pvalues]
     if any(not (0 <= p <= 1) for p in ps if not math.isnan(p)):
         raise ValueError(f"p-values must lie in [0, 1], got {ps}")
     ps = [1.0 if math.isnan(p) else p for p in ps]
-    adjusted = [float(p) for p in multipletests(ps, method="holm")[1]] if ps else []
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
     return dict(zip(keys, adjusted)) if keys is not None else adjusted
 
 

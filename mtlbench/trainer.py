@@ -63,6 +63,12 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device {name!r}: CUDA is not available on this machine",
                         hint="use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"train.device {name!r}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})", hint="use --device cuda or cuda:N")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"train.device {name!r}: mtlbench trains on cpu or cuda", hint="use auto, cpu, cuda or cuda:N")
     return dev
 
 

@@ -31,7 +31,9 @@ TOY_BACKBONE = "test_toy"
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # one torch thread per xdist worker (the workers share the cores), else up to two
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // max(workers, 1))))
     # Records and checkpoints are still written to a temporary file and renamed (atomic), but
     # not fsync'ed: forcing a few hundred files to disk was ~5% of the suite's time.
     # Subprocesses inherit it.  tests/test_records.py checks the fsync path itself.

@@ -93,6 +93,15 @@ CASES = [
     Case("run-eval-every-neg", f"{RUN} --set train.eval_every=-1", ["train.eval_every"]),
     Case("run-max-steps-0", f"{RUN} --set train.max_steps_per_epoch=0", ["train.max_steps_per_epoch"]),
     Case("run-threads-0", f"{RUN} --set train.threads=0", ["train.threads"]),
+    # values that used to be accepted and crash later (issue 27)
+    Case("run-threads-huge", f"{RUN} --set train.threads=100000", ["train.threads", "1024"]),
+    Case("run-seed-64bit", f"{RUN} --seed 200000000000000", ["seed", "4294967295", "64 bits"]),
+    Case("run-seed-beyond-64bit", f"{RUN} --seed 99999999999999999999999", ["seed", "4294967295"]),
+    Case("run-workers-neg", f"{RUN} --set dataset.num_workers=-1", ["dataset.num_workers", "[0, 256]"]),
+    Case("run-data-seed-neg", f"{RUN} --set dataset.seed=-3", ["dataset.seed"]),
+    Case("run-nuisance-neg", f"{RUN} --set train.nuisance_seed=-1", ["train.nuisance_seed"]),
+    Case("run-device-meta", f"{RUN} --device meta", ["train.device", "cpu or cuda"], guard="model"),
+    Case("run-device-bogus", f"{RUN} --device tpu0", ["train.device", "not a device name"], guard="model"),
     Case("run-scheduler", f"{RUN} --set train.scheduler=cosine", ["train.scheduler", "onecycle", "constant"]),
     Case("run-report-bogus", f"{RUN} --set train.report=bogus", ["train.report", "best_train_loss"]),
     Case("run-amp", f"{RUN} --set train.amp=fp16", ["train.amp", "bf16"]),
@@ -402,12 +411,28 @@ SUBPROCESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,culprit", SUBPROCESS_CASES, ids=[f"sub-{i}" for i in range(len(SUBPROCESS_CASES))])
-def test_bad_input_in_a_subprocess(argv, culprit, ws, tmp_path):
-    paths = {**ws, "out": str(tmp_path / "out")}
+@pytest.fixture(scope="module")
+def subprocess_results(ws, tmp_path_factory):
+    """Every case of SUBPROCESS_CASES run as ``python -m mtlbench`` at once (each start imports
+    torch, seconds of one core; two run side by side on two cores): ``{index: (proc, paths)}``."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "mtlbench", *[a.format(**paths) for a in shlex.split(argv)]],
-                          capture_output=True, text=True, timeout=300, env=env)
+    started = {}
+    for i, (argv, _) in enumerate(SUBPROCESS_CASES):
+        paths = {**ws, "out": str(tmp_path_factory.mktemp(f"sub{i}") / "out")}
+        cmd = [sys.executable, "-m", "mtlbench", *[a.format(**paths) for a in shlex.split(argv)]]
+        started[i] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+                      paths)
+    done = {}
+    for i, (proc, paths) in started.items():
+        out, err = proc.communicate(timeout=300)
+        done[i] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), paths)
+    return done
+
+
+@pytest.mark.parametrize("index", range(len(SUBPROCESS_CASES)), ids=[f"sub-{i}" for i in range(len(SUBPROCESS_CASES))])
+def test_bad_input_in_a_subprocess(index, subprocess_results):
+    culprit = SUBPROCESS_CASES[index][1]
+    proc, paths = subprocess_results[index]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert culprit.format(**paths) in proc.stderr, proc.stderr

@@ -31,8 +31,8 @@ Outcomes are asserted one of three ways: agreement (float32 tolerances, stated
 per test), a documented, legitimate difference asserted exactly (UW's paper form,
 CAGrad's rescale, GradNorm's parameterisation and head rule, the official
 MinNormSolver's 0.999/0.001 clip, MGDA-UB's / IMTL-G's / GradDrop's batch
-handling, GradDrop's sign(z) factor), or a known bug of ours as ``xfail(strict=True)`` so the test flips
-when the fix lands (MGDA's Frank-Wolfe stops early).  LibMTL 1.1.5 has no
+handling, GradDrop's sign(z) factor).  MGDA's Frank-Wolfe stopped early (three strict xfails until
+issue 24 made the exact min-norm solve mgda's default; ``solver: frank_wolfe`` keeps the old one).  LibMTL 1.1.5 has no
 Nash-MTL, Aligned-MTL, FAMO, UPGrad or DualProj: ``test_libmtl_inventory``
 pins that, so a newer LibMTL that gains them is noticed.
 
@@ -591,8 +591,8 @@ def _exact_interior(J):
 
 
 def test_mgda_libmtl_solver_is_exact_on_these_jacobians(L):
-    """The oracle is right: LibMTL's MinNormSolver reaches the exact points (so the xfails below
-    are about us)."""
+    """The oracle is right: LibMTL's MinNormSolver reaches the exact points (so the comparisons below
+    test us)."""
     _, w_lib = _mgda_solvers(L, J_FACE)
     agree("MGDA solver: LibMTL vs exact (face)", w_lib, [0.5, 0.5, 0.0], atol=1e-6)
     _, w_lib = _mgda_solvers(L, J_INTERIOR)
@@ -601,24 +601,20 @@ def test_mgda_libmtl_solver_is_exact_on_these_jacobians(L):
     agree("MGDA solver: LibMTL vs exact (interior)", w_lib, exact, atol=1e-5)
 
 
-#: ours against LibMTL's min-norm weights: LibMTL's own error is <= 6.4e-6 on these inputs, our known
-#: shortfall >= 2e-4.  Checked once by hand: with TorchJD's MGDA weighting replaced by an exact
-#: active-set solve, the three xfail tests below pass at this tolerance (so they flip on a fix).
+#: ours against LibMTL's min-norm weights: LibMTL's own error is <= 6.4e-6 on these inputs; the
+#: Frank-Wolfe solve we had before issue 24 fell short by >= 2e-4 (these tests were strict xfails).
 MGDA_ATOL = 5e-5
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 24): our MGDA's Frank-Wolfe (TorchJD, 250 iterations "
-                   "from the uniform start) stops short of the min-norm point: here it leaves weight 0.0020 on "
-                   "the task whose exact weight is 0 (weights (0.498, 0.500, 0.002)), where the official "
-                   "MinNormSolver/LibMTL give (0.5, 0.5, 0)")
 def test_mgda_zero_weight_task_matches_libmtl(L):
+    """Fixed in issue 24 (the exact min-norm solve, mgda's default): with TorchJD's Frank-Wolfe (250
+    iterations from the uniform start) it left weight 0.0020 on the task whose exact weight is 0."""
     w_ours, w_lib = _mgda_solvers(L, J_FACE)
     agree("MGDA solver (face): ours vs LibMTL", w_ours, w_lib, atol=MGDA_ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 24): our MGDA's Frank-Wolfe stops short of the "
-                   "min-norm point: interior weights off by 2.1e-4 here from LibMTL's (exact to 6.3e-6)")
 def test_mgda_interior_weights_match_libmtl(L):
+    """Fixed in issue 24: Frank-Wolfe's interior weights were off by 2.1e-4 from LibMTL's."""
     w_ours, w_lib = _mgda_solvers(L, J_INTERIOR)
     agree("MGDA solver (interior): ours vs LibMTL", w_ours, w_lib, atol=MGDA_ATOL)
 
@@ -640,10 +636,9 @@ def test_mgda_two_tasks_clip_is_0999_in_libmtl(L):
 
 # -- MGDA and IMTL-G on the network ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 24): our MGDA's Frank-Wolfe stops short of the "
-                   "min-norm point: on this network it leaves weight 4.0e-4 on the depth task, to which LibMTL's "
-                   "MinNormSolver gives 0, and the shared update differs by 1.9e-3 (relative)")
 def test_mgda_params_three_tasks_network(L):
+    """Fixed in issue 24: Frank-Wolfe left weight 4.0e-4 on the depth task (LibMTL: 0) and the shared
+    update differed by 1.9e-3 (relative)."""
     tasks = tasks3()
     batch = batch_for(tasks, b=2, seed=1)
     m = ours("mgda", tasks)

@@ -475,3 +475,67 @@ def test_benchmark_smoke_mode_runs(capsys):
     text = capsys.readouterr().out
     assert "pcgrad[params]" in text and "pcgrad[features]" in text and "famo" in text
     assert "ratio" in text and "GFLOP" in text
+
+
+# -- MGDA's exact min-norm solve (issue 24) ------------------------------------------------------
+
+def _brute_min_norm(G, n=400):
+    """The min-norm point over a fine grid of the 3-simplex (for checking the exact solve)."""
+    best, val = None, float("inf")
+    for i in range(n + 1):
+        for j in range(n + 1 - i):
+            a = torch.tensor([i / n, j / n, (n - i - j) / n], dtype=torch.float64)
+            v = float(a @ G @ a)
+            if v < val:
+                best, val = a, v
+    return best, val
+
+
+@pytest.mark.parametrize("J, exact", [
+    # a face: g3 = g1 + g2 points away from the min-norm point of g1, g2 (exact weight 0)
+    ([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [0.5, 0.5, 0.0]),
+    # a vertex: g1 is the shortest and every other gradient projects beyond it
+    ([[0.1, 0.0], [1.0, 0.0], [2.0, 1.0]], [1.0, 0.0, 0.0]),
+    # interior in 3-D: the origin is in the convex hull of g1, g2, g3 (weights 1/3 each)
+    ([[1.0, 0.0], [-0.5, 3 ** 0.5 / 2], [-0.5, -(3 ** 0.5) / 2]], [1 / 3, 1 / 3, 1 / 3]),
+])
+def test_mgda_exact_solve_hits_the_exact_points(J, exact):
+    from mtlbench.methods.mgda import min_norm_weights
+
+    J = torch.tensor(J, dtype=torch.float64)
+    w = min_norm_weights(J @ J.T)
+    assert w.tolist() == pytest.approx(exact, abs=1e-12)
+    # and its norm is no larger than the best point of a fine grid of the simplex
+    _, grid = _brute_min_norm(J @ J.T)
+    assert float(w @ (J @ J.T) @ w) <= grid + 1e-12
+
+
+def test_mgda_exact_solve_on_random_gramians_satisfies_kkt():
+    """For random 2-6 task Gramians (some rank-deficient): α on the simplex and the KKT conditions
+    of min αᵀGα there, (Gα)_i = λ on the support and >= λ off it (to 1e-9)."""
+    from mtlbench.methods.mgda import min_norm_weights
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        m = 2 + trial % 5
+        n = 1 + trial % 4  # n < m: rank-deficient Gramians too
+        J = torch.randn(m, n, generator=g, dtype=torch.float64)
+        G = J @ J.T
+        a = min_norm_weights(G)
+        assert (a >= 0).all() and float(a.sum()) == pytest.approx(1.0, abs=1e-12)
+        grad = G @ a
+        lam = float(a @ grad)
+        on = a > 1e-9
+        assert torch.allclose(grad[on], torch.full_like(grad[on], lam), atol=1e-9)
+        assert (grad[~on] >= lam - 1e-9).all()
+
+
+def test_mgda_frank_wolfe_remains_an_option_and_falls_short():
+    from mtlbench.config import build_dataclass
+    from mtlbench.methods.mgda import MGDAConfig
+
+    J = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    for solver, short in (("exact", False), ("frank_wolfe", True)):
+        vec, weights, _ = aggregate("mgda", J.tolist(), solver=solver)
+        assert (abs(float(weights[2])) > 1e-4) is short, (solver, weights)
+    assert build_dataclass(MGDAConfig, {}, "method", {}).solver == "exact"

@@ -324,3 +324,17 @@ def test_power_matches_statsmodels_and_survives_scipy_nans():
     from scipy.stats import nct, t
     assert math.isnan(TTestPower().power(20.0, 2, 0.05))
     assert paired_power(20.0, 1.0, 2) == pytest.approx(nct.sf(t.ppf(0.975, 1), 1, 20 * math.sqrt(2)), abs=1e-12)
+
+
+def test_holm_agrees_with_statsmodels():
+    """The written-out Holm against statsmodels' multipletests (the oracle) on random p-values,
+    ties and p-values near 1 included."""
+    import random
+
+    from statsmodels.stats.multitest import multipletests
+
+    rng = random.Random(0)
+    for trial in range(30):
+        m = 1 + trial % 7
+        ps = [round(rng.random() ** 3, 2 if trial % 3 == 0 else 6) for _ in range(m)]  # ties when rounded
+        assert holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]), abs=1e-12)

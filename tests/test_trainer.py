@@ -147,32 +147,62 @@ def test_debug_shows_traceback(tmp_path):
         main(["--debug", "run", "--method", "basline", "--out", str(tmp_path)])
 
 
+#: the run both scripts interrupt: three epochs on the shrunk ViT (the whole smoke split each epoch)
+INTERRUPTED_SETS = ["train.epochs=3", "train.max_steps_per_epoch=null"]
+
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from mtlbench.config import resolve
     from mtlbench.trainer import TrainOptions, train
-    cfg = resolve(preset="smoke", sets=["train.epochs=3", "train.max_steps_per_epoch=null"])
+    cfg = resolve(preset="smoke", sets=sys.argv[2:])
     def on_step(epoch, i):
         if epoch == 1 and i == 0:  # in the middle of the second epoch
             os.kill(os.getpid(), signal.SIGKILL)
     train(cfg, TrainOptions(out=Path(sys.argv[1]), quiet=True, on_step=on_step))
 """)
 
+# SIGTERM (what `timeout`, a cluster scheduler and a SLURM preemption send) through the CLI
+TERM_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import mtlbench.trainer as T
+    from mtlbench.cli import main
+    step = T.Training.step
+    def stepping(self, epoch, i, batch):
+        if epoch == 1 and i == 0:  # in the middle of the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, epoch, i, batch)
+    T.Training.step = stepping
+    sets = [a for s in sys.argv[2:] for a in ("--set", s)]
+    sys.exit(main(["run", "--preset", "smoke", "--quiet", "--out", sys.argv[1], *sets]))
+""")
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_interrupted_mid_epoch_then_resume_matches_uninterrupted(tmp_path, how):
+    from conftest import shrink_sets
+
+    import torch
+
+    sets = [*INTERRUPTED_SETS, *shrink_sets("vit_tiny")]
+    # the interrupted process trains on as many threads as this one resumes on (reduction order)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     killed = tmp_path / "killed"
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(killed)], env=env,
+    script = tmp_path / "interrupt.py"
+    script.write_text(KILL_SCRIPT if how == "sigkill" else TERM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(killed), *sets], env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert list((killed / "checkpoints").rglob("last.pt")), "epoch-1 checkpoint survives the kill"
+    if how == "sigkill":
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    else:  # handled as SIGINT is: exit 128 + 15, a message, no traceback, nothing left half-written
+        assert proc.returncode == 143, proc.stderr[-2000:]
+        assert "terminated" in proc.stderr and "Traceback" not in proc.stderr
+        assert not list(killed.rglob("*.tmp")), "no temporary file left behind"
+        assert not list(killed.rglob("*.lock")), "the run's lock is released"
+    assert list((killed / "checkpoints").rglob("last.pt")), "epoch-1 checkpoint survives the interruption"
     assert not (killed / "runs").exists() or not list((killed / "runs").rglob("*.json"))
 
-    args = ["run", "--preset", "smoke", "--quiet", "--set", "train.epochs=3",
-            "--set", "train.max_steps_per_epoch=null"]
+    args = ["run", "--preset", "smoke", "--quiet", *[a for s in sets for a in ("--set", s)]]
     # without --resume the interrupted run is not silently overwritten
     assert main([*args, "--out", str(killed)]) == 2
     assert main([*args, "--out", str(killed), "--resume"]) == 0
@@ -184,9 +214,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert [e["train_loss"] for e in a["history"]["epochs"]] == \
         [e["train_loss"] for e in b["history"]["epochs"]]
     # the step log of the resumed run holds each step once, exactly as the uninterrupted run's
-    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
-    assert strip(_rows(a, "steps_file")) == strip(_rows(b, "steps_file"))
-    # wall time counts the killed process's time too
+    assert _rows(a, "steps_file") == _rows(b, "steps_file")
+    # wall time counts the interrupted process's time too
     assert a["timing"]["wall_s"] >= a["timing"]["train_s"]
 
 

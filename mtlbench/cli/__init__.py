@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from ..errors import UserError
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _handle_sigterm()
     try:
         rc = args.func(args)
         return int(rc or 0)
@@ -88,11 +90,40 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mtlbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("mtlbench: terminated (SIGTERM); an interrupted run continues with --resume", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("mtlbench: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `mtlbench ... | head`: the reader left, nothing to report
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a cluster scheduler, a SLURM preemption), raised where the process is,
+    so it unwinds exactly as Ctrl-C does: checkpoints kept, temporary files and locks removed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """Route SIGTERM to :class:`Terminated` while a command runs (main thread only: elsewhere, e.g.
+    mtlbench called from a worker thread, the process's own handling stays). Returns the handler
+    to restore, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

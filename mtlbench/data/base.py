@@ -40,6 +40,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 
+from ..config import option
 from ..errors import UserError
 from ..tasks import Task
 
@@ -54,7 +55,7 @@ class DataConfig:
     root: str | None = None  # data directory (real datasets); cache dir override (synthetic)
     image_size: list[int] = field(default_factory=lambda: [96, 128])  # (H, W) after resizing
     augment: bool = False  # random scale-crop {1, 1.2, 1.5} and horizontal flip (MTAN's)
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = option(0, ge=0, le=256)  # DataLoader workers
 
 
 @dataclass(frozen=True)

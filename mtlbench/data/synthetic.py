@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import option
 from ..errors import UserError
 from ..registry import DATASETS
 from .base import CheckReport, DataConfig, DatasetPlugin, ProgressFn, cache_dir
@@ -198,7 +199,7 @@ class Synthetic(DatasetPlugin):
         n_val: int = 64  # validation images
         height: int = 96  # generated size (image_size resizes after loading)
         width: int = 128
-        seed: int = 0  # generation seed (independent of the training seed)
+        seed: int = option(0, ge=0, le=2**32 - 1)  # generation seed (independent of the training seed)
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
