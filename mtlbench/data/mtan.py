@@ -436,6 +436,22 @@ def _image_size(size) -> tuple[int, int] | None:
     return h, w
 
 
+#: the environment variable that caps the memory (MiB) one split's in-memory copy may take (default 2048)
+MEMORY_BUDGET_ENV = "MTLBENCH_DATA_MEMORY_MB"
+
+
+def memory_budget_mib() -> float:
+    raw = os.environ.get(MEMORY_BUDGET_ENV, "2048")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"{MEMORY_BUDGET_ENV}={raw!r} is not a number",
+                        hint="set it to the MiB one split may keep in memory (0 reads every item from disk)") from None
+    if not value >= 0:
+        raise UserError(f"{MEMORY_BUDGET_ENV}={raw!r} must be >= 0", hint="0 reads every item from disk")
+    return value
+
+
 class MTANDataset(torch.utils.data.Dataset):
     """One split of an MTAN-format directory, as dicts of channels-first tensors.
 
@@ -462,6 +478,8 @@ class MTANDataset(torch.utils.data.Dataset):
             found = next((n for n in names if (sdir / n).is_dir()), names[0])
             self.dirs[key] = str(sdir / found)
         self._len = sum(1 for n in os.listdir(self.dirs["image"]) if n.endswith(".npy"))
+        self._cache: dict[int, dict] = {}
+        self._fits: bool | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -473,12 +491,8 @@ class MTANDataset(torch.utils.data.Dataset):
     def _load(self, key: str, index: int) -> np.ndarray:
         return np.load(os.path.join(self.dirs[key], f"{index}.npy"), allow_pickle=False)
 
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if index < 0:
-            index += self._len
-        if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for {self._len} images")
+    def _read(self, index: int) -> dict:
+        """Item ``index`` from disk, channels first and resized (before any augmentation)."""
         sample: dict[str, torch.Tensor] = {
             "image": torch.from_numpy(np.asarray(self._load("image", index), np.float32)).permute(2, 0, 1)}
         if "semseg" in self.dirs:
@@ -489,11 +503,43 @@ class MTANDataset(torch.utils.data.Dataset):
             sample["normal"] = torch.from_numpy(np.asarray(self._load("normal", index), np.float32)).permute(2, 0, 1)
         if self.image_size is not None:
             sample = resize_sample(sample, self.image_size)
-        if self.augment:
-            sample = random_scale_crop_flip(sample, self.item_generator(index))
+        return sample
+
+    @staticmethod
+    def _finish(sample: dict) -> dict:
         out = {k: v.contiguous() for k, v in sample.items()}
         if "semseg" in out:
             out["semseg"] = out["semseg"].round().long()
+        return out
+
+    def _cacheable(self, item: dict) -> bool:
+        """Whether the whole split fits the memory budget (:data:`MEMORY_BUDGET_ENV`, MiB per split)."""
+        if self._fits is None:
+            per_item = sum(v.element_size() * v.nelement() for v in item.values() if torch.is_tensor(v))
+            budget = memory_budget_mib() * 2 ** 20
+            self._fits = per_item * self._len <= budget
+        return self._fits
+
+    def __getitem__(self, index: int) -> dict:
+        """Item ``index``.  Each item is read and resized once and kept in memory in the layout
+        the model takes (channels first, contiguous, labels as int64) while the split fits the
+        memory budget; only augmentation runs per access.  The values are the same either way."""
+        index = int(index)
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} images")
+        base = self._cache.get(index)
+        if base is None:
+            base = self._read(index)
+            if not self.augment:
+                base = self._finish(base)
+            if self._cacheable(base):
+                self._cache[index] = base
+        if self.augment:
+            out = self._finish(random_scale_crop_flip(dict(base), self.item_generator(index)))
+        else:
+            out = dict(base)
         out["index"] = index
         return out
 

@@ -46,7 +46,14 @@ import numpy as np
 
 from ..errors import UserError
 
-#: bump when the rendered arrays change (any draw, formula or constant), so cached datasets are regenerated
+#: the renderer's versions: each one's arrays are fixed for good (any new draw, formula or constant is a
+#: new version, so a dataset and the runs on it always say which renderer made them)
+#:
+#: * 1: the scenes as first written (the ``quick`` preset's data);
+#: * 2: version 1's scenes, labels, depth and normals, draw for draw, with aerial perspective added to
+#:   the image (:func:`_aerial_perspective`), so each surface pixel's colour also says how far it is.
+GENERATOR_VERSIONS = (1, 2)
+#: the version a dataset gets when its options do not name one (what every record before version 2 used)
 GENERATOR_VERSION = 1
 VARIANTS = ("nyuv2", "cityscapes")
 
@@ -730,14 +737,24 @@ def _city_light(rng, rh: float) -> dict:
 
 # -- rendering --------------------------------------------------------------------------
 
-def render(variant: str, rng: np.random.Generator | int, height: int, width: int) -> dict[str, np.ndarray]:
-    """Render one scene; returns its arrays in the MTAN formats (float32).
+def check_version(version) -> int:
+    """``version`` if this renderer has it, else a :class:`UserError` naming the versions."""
+    if isinstance(version, bool) or not isinstance(version, int) or version not in GENERATOR_VERSIONS:
+        raise UserError(f"unknown synthetic generator version {version!r}",
+                        hint=f"use one of: {', '.join(map(str, GENERATOR_VERSIONS))} (dataset.generator)")
+    return version
+
+
+def render(variant: str, rng: np.random.Generator | int, height: int, width: int,
+           version: int = GENERATOR_VERSION) -> dict[str, np.ndarray]:
+    """Render one scene with renderer ``version``; returns its arrays in the MTAN formats (float32).
 
     ``{"image": (H, W, 3) in [0, 1], "label": (H, W) in {-1, 0..C-1},
     "depth": (H, W, 1) >= 0 (metres, or disparity for cityscapes), 0 = invalid,
     "normal": (H, W, 3) unit or (0, 0, 0)}`` (no ``"normal"`` for cityscapes).
     """
     _check_variant(variant)
+    check_version(version)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if variant == "nyuv2":
@@ -748,7 +765,31 @@ def render(variant: str, rng: np.random.Generator | int, height: int, width: int
     image = _image(rng, variant, cv, g, light)
     label = _labels(rng, variant, cv.MAT, height, width)
     invalid = _invalid(rng, variant, g, height, width)
+    if version >= 2:  # after every draw of version 1, so the scene and the targets stay version 1's
+        image = _aerial_perspective(rng, variant, g, image)
     return _targets(variant, cv, g, image, label, invalid)
+
+
+#: extinction coefficients (per metre of ray length) of the aerial perspective, drawn per image
+_EXTINCTION = {"nyuv2": (0.15, 0.25), "cityscapes": (0.008, 0.016)}
+
+
+def _aerial_perspective(rng, variant: str, g: _Surface, image: np.ndarray) -> np.ndarray:
+    """Koschmieder's model of haze: ``I = J t + A (1 - t)``, ``t = exp(-beta d)``, ``d`` the length
+    of the pixel's ray to its surface, with this image's extinction ``beta`` and airlight ``A`` (a
+    light grey with a slight tint).  Contrast and saturation fall with distance, as in real
+    photographs, so depth is readable from a pixel's neighbourhood and not only from the layout.
+    Pixels that hit nothing (the sky) keep their colour."""
+    lo, hi = _EXTINCTION[variant]
+    beta = np.float32(_u(rng, lo, hi))
+    air = (np.float32(_u(rng, 0.55, 0.8)) + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
+    dist = g.Z / g.inv_len  # z-depth x |ray direction| (the direction's camera-z component is 1)
+    # exp in float64, rounded once to float32: numpy's float32 exp differs in the last bit between its
+    # AVX2 and AVX-512 kernels, and the data must be the same on every machine
+    t = np.where(g.hit, np.exp(-np.float64(beta) * dist.astype(np.float64)), 1.0).astype(np.float32)[..., None]
+    out = image * t + air * (1 - t)
+    np.clip(out, 0, 1, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 class _Surface:

@@ -31,10 +31,10 @@ from ..registry import DATASETS
 from .base import CheckReport, DataConfig, DatasetPlugin, ProgressFn, cache_dir
 from .mtan import (CITYSCAPES, NYUV2, MTANDataset, MTANSpec, check_directory, check_split_name, reject_options,
                    validate_values)
-from .synth_render import (CITYSCAPES_CLASSES, DISPARITY_SCALE, GENERATOR_VERSION, NYUV2_CLASSES, VARIANTS,
-                           _check_variant, camera_intrinsics, render)
+from .synth_render import (CITYSCAPES_CLASSES, DISPARITY_SCALE, GENERATOR_VERSION, GENERATOR_VERSIONS, NYUV2_CLASSES,
+                           VARIANTS, _check_variant, camera_intrinsics, check_version, render)
 
-__all__ = ["CITYSCAPES_CLASSES", "DISPARITY_SCALE", "GENERATOR_VERSION", "MANIFEST", "NYUV2_CLASSES", "VARIANTS",
+__all__ = ["CITYSCAPES_CLASSES", "DISPARITY_SCALE", "GENERATOR_VERSION", "GENERATOR_VERSIONS", "MANIFEST", "NYUV2_CLASSES", "VARIANTS",
            "Synthetic", "cache_base", "cache_key", "camera_intrinsics", "ensure_generated", "generate", "image_rng",
            "read_manifest", "render"]
 
@@ -61,7 +61,8 @@ def _check_params(variant: str, n_train: int, n_val: int, height: int, width: in
 
 
 def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, height: int, width: int,
-             seed: int, progress: Callable[[int, int], None] | None = None) -> dict:
+             seed: int, progress: Callable[[int, int], None] | None = None,
+             version: int = GENERATOR_VERSION) -> dict:
     """Write a synthetic dataset in the MTAN layout to ``out``; returns its manifest.
 
     ``progress(done, total)`` is called after every image.  The manifest
@@ -69,6 +70,7 @@ def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, hei
     the camera, and marks the dataset complete.
     """
     _check_params(variant, n_train, n_val, height, width)
+    check_version(version)
     spec = _spec(variant)
     label_dir = spec.label_dirs[0]
     out = os.fspath(out)
@@ -83,7 +85,7 @@ def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, hei
     for split, n in (("train", n_train), ("val", n_val)):
         dirs = {k: os.path.join(out, split, f) for k, f in folders.items()}
         for i in range(n):
-            arrays = render(variant, image_rng(seed, variant, split, i), height, width)
+            arrays = render(variant, image_rng(seed, variant, split, i), height, width, version)
             for key, d in dirs.items():
                 np.save(os.path.join(d, f"{i}.npy"), arrays[key])
             done += 1
@@ -91,7 +93,7 @@ def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, hei
                 progress(done, total)
     fx, fy, cx, cy = camera_intrinsics(variant, height, width)
     manifest = {
-        "generator": "mtlbench.data.synthetic", "version": GENERATOR_VERSION, "complete": True,
+        "generator": "mtlbench.data.synthetic", "version": version, "complete": True,
         "variant": variant, "n_train": n_train, "n_val": n_val, "height": height, "width": width,
         "seed": seed, "layout": "mtan", "label_dir": label_dir,
         "classes": list(NYUV2_CLASSES if variant == "nyuv2" else CITYSCAPES_CLASSES),
@@ -116,12 +118,15 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     return m if isinstance(m, dict) and m.get("complete") else None
 
 
-def cache_key(variant: str, n_train: int, n_val: int, height: int, width: int, seed: int) -> str:
-    """Directory name of a generated dataset: readable prefix + hash of every generation input."""
+def cache_key(variant: str, n_train: int, n_val: int, height: int, width: int, seed: int,
+              version: int = GENERATOR_VERSION) -> str:
+    """Directory name of a generated dataset: readable prefix + hash of every generation input
+    (the renderer's version included; version 1's names are what they were before there were two)."""
     params = {"variant": variant, "n_train": n_train, "n_val": n_val, "height": height,
-              "width": width, "seed": seed, "version": GENERATOR_VERSION}
+              "width": width, "seed": seed, "version": version}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{variant}-{height}x{width}-{n_train}+{n_val}-seed{seed}-{digest}"
+    tag = "" if version == 1 else f"-v{version}"
+    return f"{variant}{tag}-{height}x{width}-{n_train}+{n_val}-seed{seed}-{digest}"
 
 
 def cache_base(root: str | os.PathLike | None = None) -> Path:
@@ -133,7 +138,8 @@ def cache_base(root: str | os.PathLike | None = None) -> Path:
 
 
 def ensure_generated(variant: str, n_train: int, n_val: int, height: int, width: int, seed: int,
-                     root: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Path:
+                     root: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+                     version: int = GENERATOR_VERSION) -> Path:
     """The directory of this dataset, generating it first if no complete copy exists.
 
     Generation writes into a temporary sibling directory and renames it into
@@ -142,8 +148,9 @@ def ensure_generated(variant: str, n_train: int, n_val: int, height: int, width:
     simply loses the race and its copy is discarded.
     """
     _check_params(variant, n_train, n_val, height, width)
+    check_version(version)
     base = cache_base(root)
-    final = base / cache_key(variant, n_train, n_val, height, width, seed)
+    final = base / cache_key(variant, n_train, n_val, height, width, seed, version)
     if read_manifest(final):
         return final
     try:
@@ -154,9 +161,9 @@ def ensure_generated(variant: str, n_train: int, n_val: int, height: int, width:
                         hint="set MTLBENCH_CACHE (or dataset.root / --data-root) to a writable directory") from exc
     if log is not None:
         log(f"generating synthetic {variant} data ({n_train} train + {n_val} val, {height}x{width}, "
-            f"seed {seed}) into {final}")
+            f"seed {seed}, generator {version}) into {final}")
     try:
-        generate(variant, tmp, n_train, n_val, height, width, seed)
+        generate(variant, tmp, n_train, n_val, height, width, seed, version=version)
         if final.exists() and not read_manifest(final):
             shutil.rmtree(final, ignore_errors=True)  # a stale incomplete copy
         try:
@@ -190,6 +197,8 @@ class Synthetic(DatasetPlugin):
         "height": "image height (default 96)",
         "width": "image width (default 128)",
         "seed": "generation seed (default 0)",
+        "generator": f"renderer version: {' or '.join(map(str, GENERATOR_VERSIONS))} (default {GENERATOR_VERSION}; "
+                     "2 adds aerial perspective, a per-pixel cue to distance)",
     }
 
     @dataclass
@@ -200,10 +209,15 @@ class Synthetic(DatasetPlugin):
         height: int = 96  # generated size (image_size resizes after loading)
         width: int = 128
         seed: int = option(0, ge=0, le=2**32 - 1)  # generation seed (independent of the training seed)
+        # The renderer's version (synth_render.GENERATOR_VERSIONS): a new version is new data, so it is in
+        # the cache key and the run identity; version 1 (every record before there were two) stays out of
+        # the config hash, so those records keep their identity.
+        generator: int = option(GENERATOR_VERSION, ge=1, le=max(GENERATOR_VERSIONS), hash_default=False)
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         _check_params(cfg.variant, cfg.n_train, cfg.n_val, cfg.height, cfg.width)
+        check_version(cfg.generator)
         self._dir: Path | None = None
 
     @property
@@ -222,7 +236,7 @@ class Synthetic(DatasetPlugin):
         if self._dir is None:
             c = self.cfg
             self._dir = ensure_generated(c.variant, c.n_train, c.n_val, c.height, c.width, c.seed,
-                                         root=c.root, log=_log_stderr)
+                                         root=c.root, log=_log_stderr, version=c.generator)
         return self._dir
 
     def split(self, name: str):
@@ -277,7 +291,8 @@ class Synthetic(DatasetPlugin):
         _check_params(cfg.variant, cfg.n_train, cfg.n_val, cfg.height, cfg.width)
         t0 = time.perf_counter()
         cb = None if progress is None else (lambda done, total: progress(done, total, ""))
-        generate(cfg.variant, out, cfg.n_train, cfg.n_val, cfg.height, cfg.width, cfg.seed, progress=cb)
+        generate(cfg.variant, out, cfg.n_train, cfg.n_val, cfg.height, cfg.width, cfg.seed, progress=cb,
+                 version=cfg.generator)
         dt = max(time.perf_counter() - t0, 1e-9)
         total = cfg.n_train + cfg.n_val
         return (f"wrote {total} images ({cfg.n_train} train + {cfg.n_val} val, {cfg.variant}, "
