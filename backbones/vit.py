@@ -74,6 +74,8 @@ class ViTTinyConfig:
     depth: int = option(12, ge=1, hash_default=False)  # transformer blocks (= per-layer features)
     embed_dim: int = option(192, ge=1, hash_default=False)  # token width of the encoder and the heads
     num_heads: int = option(3, ge=1, hash_default=False)  # attention heads of each encoder block
+    # A pretraining recipe (`mtlbench pretrain --recipe NAME`): the encoder starts from its artefact.
+    pretraining: str | None = option(None, hash_default=False)
 
     def validate(self) -> None:
         if self.pretrained_file is not None and not str(self.pretrained_file).endswith(PRETRAINED_SUFFIXES):
@@ -85,6 +87,9 @@ class ViTTinyConfig:
         if self.embed_dim % k:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by the heads' {k} attention "
                              f"heads (one per {HEAD_DIM} channels), e.g. {HEAD_DIM * k}")
+        if self.pretraining is not None and (self.pretrained or self.pretrained_file):
+            raise ValueError("pretraining names the encoder's starting weights, and so do pretrained and "
+                             "pretrained_file: set only one")
         arch = self.arch()
         if (self.pretrained or self.pretrained_file) and arch != VIT_TINY_ARCH:
             changed = ", ".join(f"{k}={v} (ViT-tiny: {VIT_TINY_ARCH[k]})" for k, v in arch.items()
@@ -143,6 +148,48 @@ class ViTEncoder(Encoder):
         # The last block's MLP output projection: the last shared weight matrix
         # before the final LayerNorm (GradNorm's W).
         return [self.vit.blocks[-1].mlp.fc2.weight]
+
+
+class MaskedPatchModel(nn.Module):
+    """SimMIM (Xie et al., CVPR 2022) on a timm ViT: a random ``mask_ratio`` of the patches is
+    replaced by a learned mask token before the blocks; a linear decoder predicts each patch's
+    pixels (as the encoder sees them, normalised) from its final token; the loss is the L1 error
+    on the masked patches. ``forward(images, generator) -> loss``."""
+
+    def __init__(self, vit: nn.Module, normalize: bool, mask_ratio: float):
+        super().__init__()
+        self.vit = vit
+        self.normalize = normalize
+        self.mask_ratio = mask_ratio
+        self.patch = int(vit.patch_embed.patch_size[0])
+        self.prefix = vit.num_prefix_tokens
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, vit.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(vit.embed_dim, self.patch * self.patch * 3)
+        mean = torch.tensor(vit.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1)
+        std = torch.tensor(vit.pretrained_cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        tokens = self.vit.patch_embed(x)  # (B, h, w, E)
+        b, h, w, _ = tokens.shape
+        n_mask = max(1, round(self.mask_ratio * h * w))
+        order = torch.rand(b, h * w, generator=generator).argsort(dim=1)
+        mask = torch.zeros(b, h * w, dtype=torch.bool).scatter_(1, order[:, :n_mask], True)
+        tokens = torch.where(mask.view(b, h, w, 1), self.mask_token.to(tokens.dtype), tokens)
+        tokens = self.vit.norm_pre(self.vit.patch_drop(self.vit._pos_embed(tokens)))
+        for blk in self.vit.blocks:
+            tokens = blk(tokens)
+        pred = self.decoder(self.vit.norm(tokens)[:, self.prefix:])  # (B, h w, p p 3)
+        target = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # (B, h w, 3 p p)
+        return (pred - target).abs().mean(-1)[mask].mean()
+
+    def encoder_state_dict(self) -> dict:
+        """The timm ViT's weights (what ``backbone.pretraining`` loads)."""
+        return {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
 
 
 def _attention_kernel_for_precision(module: nn.Module, args: tuple) -> None:
@@ -221,6 +268,16 @@ def _create_vit(cfg: ViTTinyConfig) -> nn.Module:
     import timm
 
     kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=cfg.drop_path, **cfg.arch())
+    if cfg.pretraining is not None:
+        from mtlbench.pretrain import encoder_file
+
+        path, ident = encoder_file(cfg.pretraining)
+        what = f"backbone.pretraining {cfg.pretraining!r} ({path})"
+        hint = f"build it again with `mtlbench pretrain --recipe {cfg.pretraining} --force`"
+        sd = read_state_dict(path, "backbone.pretraining", hint)
+        model = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+        load_weights_strictly(model, sd, what, hint)
+        return model
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file).expanduser()
         hint = "point it at a timm ViT-tiny checkpoint (patch 16, dim 192; .safetensors, .pth or .bin)"
@@ -260,6 +317,26 @@ class ViTTiny(BackboneFactory):
     # The same architecture, shrunk for fast tests: 2 blocks of width 64 (2 attention heads;
     # the heads' two layers then have 1), 16 regression queries, a 16-wide regression MLP.
     test_overrides = {"depth": 2, "embed_dim": 64, "num_heads": 2, "n_reg_queries": 16, "reg_hidden": 16}
+
+    def pretraining_model(self, objective: dict) -> nn.Module:
+        """Masked-patch reconstruction (SimMIM) of this config's encoder from scratch."""
+        unknown = sorted(set(objective) - {"mask_ratio"})
+        if unknown:
+            raise UserError(f"vit_tiny's pretraining objective takes mask_ratio only, not {', '.join(unknown)}")
+        ratio = objective.get("mask_ratio", 0.6)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+            raise UserError(f"objective.mask_ratio must lie in (0, 1), got {ratio!r}")
+        import dataclasses
+
+        cfg = dataclasses.replace(self.cfg, pretrained=False, pretrained_file=None, pretraining=None)
+        return MaskedPatchModel(_create_vit(cfg), self.cfg.normalize, float(ratio))
+
+    def provenance(self) -> dict:
+        if self.cfg.pretraining is None:
+            return {}
+        from mtlbench.pretrain import encoder_file
+
+        return {"pretraining": encoder_file(self.cfg.pretraining)[1]}
 
     def encoder(self, tasks):
         enc = ViTEncoder(precision_aware_attention(_create_vit(self.cfg)), self.cfg.normalize)

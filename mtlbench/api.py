@@ -201,6 +201,20 @@ class BackboneFactory:
         """A new head: ``head(final_features, out_size) -> (B, task.channels, H, W)``."""
         raise NotImplementedError
 
+    def pretraining_model(self, objective: dict) -> nn.Module:
+        """A module for ``mtlbench pretrain`` (:mod:`mtlbench.pretrain`): ``model(images, generator)``
+        returns the pretraining loss of a batch, ``model.encoder_state_dict()`` the encoder's weights
+        in the form this backbone's ``pretraining`` option loads. ``objective``: the recipe's options."""
+        from .errors import UserError
+
+        raise UserError(f"backbone {type(self).__name__} has no pretraining objective",
+                        hint="pretrain a backbone that defines pretraining_model (vit_tiny)")
+
+    def provenance(self) -> dict:
+        """What the run's record should say about where the weights came from (e.g. the
+        pretraining artefact's identity); empty when they start from scratch."""
+        return {}
+
     def default_amp(self, device_type: str) -> str:
         """``"bf16"`` or ``"fp32"``: what ``train.amp: auto`` means for this backbone."""
         return "bf16" if device_type == "cuda" else "fp32"

@@ -133,6 +133,7 @@ class Setup:
     channels_last: bool
     train_set: Any = None
     val_set: Any = None
+    factory: Any = None
 
 
 def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
@@ -166,7 +167,7 @@ def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         for module in method.compile_modules():
             module.compile()
-    return Setup(cfg, dataset, tasks, method, device, amp, bool(cl), **splits)
+    return Setup(cfg, dataset, tasks, method, device, amp, bool(cl), factory=factory, **splits)
 
 
 def autocast_ctx(device: torch.device, amp: str):
@@ -573,25 +574,31 @@ class Training:
         method.on_epoch_start(epoch)
         sums: dict[str, float] = {}
         n_steps = 0
+        data_time = 0.0
         t0 = time.perf_counter()
-        for i, batch in enumerate(loader):
+        t_data = t0
+        for i, batch in enumerate(loader):  # (fetches one batch past a step cap, as it always has)
+            data_time += time.perf_counter() - t_data
             if i >= self.steps_per_epoch:
                 break
             for t, v in self.step(epoch, i, batch).items():
                 sums[t] = sums.get(t, 0.0) + v
             n_steps += 1
+            t_data = time.perf_counter()
         epoch_time = time.perf_counter() - t0
         self.train_time += epoch_time
         mean_losses = {t: v / max(n_steps, 1) for t, v in sums.items()}
         elogs = method.on_epoch_end(epoch, mean_losses) or {}
         entry = {"epoch": epoch, "train_loss": mean_losses, "lr": self.optim.lr(),
-                 "time_s": round(epoch_time, 3),
+                 "time_s": round(epoch_time, 3), "data_s": round(data_time, 3),
                  "images_per_s": round(n_steps * self.tcfg.batch_size / max(epoch_time, 1e-9), 2),
                  "logs": elogs, "metrics": None}
         if epoch < self.lead:
             entry["leading"] = True
         if self.evaluation_due(epoch):
+            t_eval = time.perf_counter()
             entry["metrics"] = self.evaluate(epoch)
+            entry["eval_s"] = round(time.perf_counter() - t_eval, 3)
         self.epochs.append(entry)
         if not _all_finite(method):
             raise self._diverged("the weights hold NaN or infinite values", epoch)
@@ -693,13 +700,20 @@ class Training:
             params={"training_system": count_parameters(method), "deployable": count_parameters(method.deployable())},
             timing={"wall_s": round(wall_s, 2), "train_s": round(self.train_time, 2),
                     "train_images_per_s": round(self.images_seen / max(self.train_time, 1e-9), 2),
-                    "inference_ms_per_image": round(latency, 3)},
+                    "inference_ms_per_image": round(latency, 3),
+                    # of train_s, the time spent waiting for batches; evaluation is outside train_s
+                    "data_s": round(sum(e.get("data_s", 0.0) for e in self.epochs), 2),
+                    "eval_s": round(sum(e.get("eval_s", 0.0) for e in self.epochs), 2)},
             memory=memory,
             device={"type": s.device.type, "name": dev_name, "amp": s.amp, "channels_last": s.channels_last,
                     "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile),
                     # what decides the floating-point reduction order on a CPU (tables check pairs on it)
                     "processor": processor_model(), "cpu_capability": cpu_capability()},
             method_info=method.summary_info())
+        # where the backbone's starting weights came from (a pretraining artefact's identity), if not scratch
+        init = s.factory.provenance() if s.factory is not None else {}
+        if init:
+            record["encoder_init"] = strict_json(init)
         # per task: how far the run is from the input-blind reference (degenerate when not clearly better)
         record["learned"] = strict_json(learned_block(s.dataset, record["metrics"]))
         return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})

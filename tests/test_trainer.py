@@ -70,6 +70,11 @@ def test_cli_run_writes_a_complete_record(tmp_path, capsys):
     assert rec["tasks"]["semseg"]["primary"] == "miou" and rec["tasks"]["depth"]["precision"]["abs_err"] == 4
     assert rec["params"]["deployable"] == rec["params"]["training_system"] > 1_000_000
     assert rec["timing"]["train_images_per_s"] > 0
+    # the cost split: waiting for batches (inside train_s) and evaluation (outside it), per epoch and in all
+    t = rec["timing"]
+    assert 0 <= t["data_s"] < t["train_s"] and t["eval_s"] > 0 and t["wall_s"] >= t["train_s"] + t["eval_s"]
+    assert all(0 <= e["data_s"] <= e["time_s"] and e["eval_s"] > 0 for e in epochs)
+    assert t["data_s"] == pytest.approx(sum(e["data_s"] for e in epochs), abs=0.02)
     assert {"torch", "timm", "mtlbench"} <= set(rec["versions"])
     # where it ran, as far as reduction order goes (tables check paired runs on these)
     assert rec["device"]["amp"] in ("fp32", "bf16") and rec["device"]["threads"] >= 1

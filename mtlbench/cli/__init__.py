@@ -16,7 +16,8 @@ from ..errors import UserError
 
 # subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
 SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
-               "sweep": "sweep", "plot": "plot", "claims": "claims", "noise": "noise"}
+               "sweep": "sweep", "plot": "plot", "claims": "claims", "noise": "noise",
+               "pretrain": "pretrain"}
 
 
 class _Renamed(argparse.Action):

@@ -1,0 +1,1 @@
+"""Pretraining recipes (``<name>.yaml``) for ``mtlbench pretrain``; see :mod:`mtlbench.pretrain`."""
