@@ -10,6 +10,13 @@ the task preferences w (equal by default).  ``scale_mode`` picks σ: ``min``
 (the smallest non-zero eigenvalue, the paper's Algorithm 1, default),
 ``median`` or ``rmse`` (the mean eigenvalue, which TorchJD says the original
 code used).  TorchJD's ``AlignedMTL``.
+
+The update's scale (``preference``): TorchJD's default preference vector is 1/m per task,
+so its update is the *mean* of the aligned gradients; the official code and LibMTL use
+ones, the *sum*, m times larger in the same direction.  ``preference: sum`` matches them.
+The default stays ``mean`` (what the committed records used): under AdamW, which every
+preset uses, a constant factor on every gradient changes the update only through Adam's
+ε (1e-8), so the two train alike; with plain SGD or a gradient clip they would not.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ class AlignedMTLConfig(GradientConfig):
 
     # eigenvalue setting the aligned gradients' scale: min (the paper) | median | rmse
     scale_mode: str = option("min", choices=SCALE_MODES)
+    # the preference vector: mean (1/m each: TorchJD's default) | sum (ones: the official code, LibMTL)
+    preference: str = option("mean", choices=("mean", "sum"), hash_default=False)
 
 
 @METHODS.register("aligned_mtl")
@@ -41,4 +50,7 @@ class AlignedMTL(GradientMethod):
     def make_aggregator(self):
         from torchjd.aggregation import AlignedMTL as Aggregator
 
-        return Aggregator(scale_mode=self.cfg.scale_mode)
+        import torch
+
+        pref = torch.ones(len(self.task_names)) if self.cfg.preference == "sum" else None
+        return Aggregator(pref_vector=pref, scale_mode=self.cfg.scale_mode)

@@ -138,6 +138,17 @@ def test_aligned_mtl_aligns_orthogonal_gradients_to_the_smallest_scale():
     torch.testing.assert_close(vec, torch.tensor([0.5, 0.5]))
 
 
+def test_aligned_mtl_sum_preference_is_the_official_scale():
+    """preference=sum (the official code, LibMTL: ones) is m times the default mean (1/m), same direction."""
+    J = [[1.0, 0.5, -1.0], [0.0, 2.0, 1.0]]
+    mean, w_mean, _ = aggregate("aligned_mtl", J)
+    total, w_sum, _ = aggregate("aligned_mtl", J, preference="sum")
+    torch.testing.assert_close(total, 2 * mean)
+    torch.testing.assert_close(w_sum, 2 * w_mean)
+    vec, _, _ = aggregate("aligned_mtl", [[1.0, 0.0], [0.0, 2.0]], preference="sum")
+    torch.testing.assert_close(vec, torch.tensor([1.0, 1.0]))  # the hand case above, times m = 2
+
+
 def test_graddrop_keeps_agreeing_signs_and_picks_one_sign_on_conflict():
     vec, weights, _ = aggregate("graddrop", [[1.0, 2.0], [3.0, 4.0]])
     assert weights is None
