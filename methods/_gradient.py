@@ -13,7 +13,8 @@ One step, for tasks i = 1..m with losses L_i, shared features z and heads h_i:
 2. ``backward``, stage 1: for each task, ``autograd.grad(L_i, [z_i, θ_{h_i}])``
    (each head traversed once): head i's parameters get task i's plain gradient
    (a head is reached by its own task only, so that *is* its gradient of Σ L_i),
-   and ∂L_i/∂z_i is kept.
+   or, for a method whose definition back-propagates Σ α_i L_i (Nash-MTL:
+   :meth:`GradientMethod.head_weights`), α_i times it; ∂L_i/∂z_i is kept.
 3. stage 2, by ``grad_on``:
 
    * ``params`` (the methods as published): the Jacobian of (L_1..L_m) with
@@ -104,6 +105,16 @@ class GradientMethod(Method):
     #: modules the aggregator needs beyond torchjd (checked when the method is built)
     requires_packages: ClassVar[tuple[str, ...]] = ()
 
+    # -- the head rule -------------------------------------------------------
+    def head_weights(self, weights: torch.Tensor | None) -> torch.Tensor | None:
+        """The factor on each task's gradient for its own parameters (its head and, on MTAN, its
+        attention modules), given this step's aggregation ``weights``; None: the plain gradient.
+
+        Most methods define the update on the shared parameters only, and a task's own
+        parameters get its plain gradient (the gradient of Σ L_i). A method whose definition
+        back-propagates Σ α_i L_i overrides this (Nash-MTL)."""
+        return None
+
     # -- building ------------------------------------------------------------
     def make_aggregator(self):
         """The ``torchjd.aggregation.Aggregator`` this method uses, built from ``self.cfg``."""
@@ -179,11 +190,12 @@ class GradientMethod(Method):
 
         # Stage 1: each task's gradient w.r.t. its head and its features; each head once.
         feat_grads: list[torch.Tensor] = []
+        head_grads: list[tuple[list, tuple]] = []
         for i, t in enumerate(self.task_names):
             head = [p for p in self.model.heads[t].parameters() if p.requires_grad]
             zi = z[t]
             grads = torch.autograd.grad(out.losses[t], [zi, *head], retain_graph=True, allow_unused=True)
-            _accumulate(head, grads[1:])
+            head_grads.append((head, grads[1:]))
             feat_grads.append(torch.zeros_like(zi) if grads[0] is None else grads[0])
 
         if self.cfg.grad_on == "features":
@@ -191,6 +203,7 @@ class GradientMethod(Method):
             J = torch.stack(feat_grads).flatten(1).float()
             (g,), weights, gram = self.aggregate([J])
             torch.autograd.backward(rep, g.view_as(rep).to(rep.dtype))
+            own = self.head_weights(weights)
         else:
             from torchjd.autojac import jac
 
@@ -205,10 +218,20 @@ class GradientMethod(Method):
             blocks = [j.reshape(m, -1).float() for j in jacs[:len(shared)]]
             grads, weights, gram = self.aggregate(blocks)
             _accumulate(shared, [g.view_as(p).to(p.dtype) for g, p in zip(grads, shared)])
+            own = self.head_weights(weights)
             # Task-specific encoder parameters: only their task's row is non-zero; the sum is
-            # that task's plain gradient.
-            _accumulate(specific, [j.sum(0).to(p.dtype) for j, p in zip(jacs[len(shared):], specific)])
+            # that task's plain gradient (weighted by the head rule's factors, if any).
+            if own is None:
+                _accumulate(specific, [j.sum(0).to(p.dtype) for j, p in zip(jacs[len(shared):], specific)])
+            else:
+                w = own.to(jacs[0].device, torch.float32)
+                _accumulate(specific, [torch.tensordot(w, j.float(), dims=1).to(p.dtype)
+                                       for j, p in zip(jacs[len(shared):], specific)])
             g = torch.cat([x.reshape(-1) for x in grads])
+        for i, (head, grads_i) in enumerate(head_grads):
+            if own is not None:
+                grads_i = tuple(None if gi is None else gi * own[i].to(gi.dtype) for gi in grads_i)
+            _accumulate(head, grads_i)
         out.logs.update(self._logs(weights, gram, g))
 
     def _chunk_size(self, vmap_ok: bool) -> int | None:

@@ -14,6 +14,12 @@ Defaults (the official code's NYUv2/Cityscapes settings): ``optim_niter`` 20,
 ``update_weights_every`` 1 (solve at every step) and ``max_norm`` 1.0 (the
 update's norm is clipped to 1, as the official code does).
 
+The head rule: the official code (and LibMTL) back-propagates Σ_i α_i L_i, so task i's
+own parameters (its head; on MTAN its attention modules) get α_i ∇L_i with the solver's
+α, before the update's norm is clipped (the official code clips the shared parameters'
+gradient only).  TorchJD returns the clipped weights for the shared update; the heads
+take the solver's α (:meth:`NashMTL.head_weights`).
+
 State: the previous α (the solver's warm start) goes into ``extra_state``.
 On resume the convex problem is rebuilt from it, so the solve at the first
 resumed step starts where the interrupted run would have; with
@@ -40,6 +46,9 @@ class NashMTLConfig(GradientConfig):
     optim_niter: int = option(20, ge=1)  # concave-convex iterations per solve (official code: 20)
     update_weights_every: int = option(1, ge=1)  # solve for α every this many steps, reuse it in between
     max_norm: float = option(1.0, ge=0)  # clip the update's norm to this (0: no clipping; official code: 1.0)
+    # what each task's own parameters get: alpha (α_i ∇L_i: the official code, LibMTL) | plain (∇L_i,
+    # what mtlbench did before 2026-12-03; records of then lack this key and serve no row of the default)
+    heads: str = option("alpha", choices=("alpha", "plain"))
 
 
 @METHODS.register("nash_mtl")
@@ -56,6 +65,15 @@ class NashMTL(GradientMethod):
         return Aggregator(n_tasks=len(self.task_names), max_norm=self.cfg.max_norm,
                           update_weights_every=self.cfg.update_weights_every,
                           optim_niter=self.cfg.optim_niter)
+
+    def head_weights(self, weights):
+        """α_i, the solver's (unclipped) weights of this step: head i gets α_i ∇L_i."""
+        import torch
+
+        if self.cfg.heads == "plain":
+            return None
+        alpha = self.aggregator.weighting.prvs_alpha
+        return torch.as_tensor(alpha, dtype=torch.float32)
 
     def aggregate(self, blocks):
         with warnings.catch_warnings():

@@ -289,6 +289,48 @@ def test_grad_on_features_backpropagates_the_aggregated_feature_gradient(method)
     assert out.logs["cos/a-b"] == pytest.approx(cos, abs=1e-5)
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_nash_mtl_heads_get_alpha_times_their_gradient(per_task):
+    """As the official code's backward of Σ α_i L_i: head i (and, with per-task encoder parts,
+    those too) gets α_i ∇L_i with the solver's α (before the norm clip), while the shared
+    parameters get TorchJD's (clipped) aggregate."""
+    need_solvers("nash_mtl")
+    m = make("nash_mtl", per_task=per_task, max_norm=0.0)
+    batch = toy_batch()
+    batch["b"] = 5 * batch["b"]  # tasks of unlike gradient norms: unlike α
+    enc = m.model.encoder
+    x = batch["image"]
+    feats = enc(x).final
+    zs = feats if isinstance(feats, dict) else {t: feats for t in m.task_names}
+    losses = {t: m.tasks[t].loss(m.model.heads[t](zs[t], x.shape[-2:]), batch[t]) for t in m.task_names}
+    heads = {t: torch.autograd.grad(losses[t], list(m.model.heads[t].parameters()), retain_graph=True)
+             for t in m.task_names}
+    specific = [p for p in enc.parameters() if all(p is not q for q in enc.shared_parameters())]
+    spec = {t: torch.autograd.grad(losses[t], specific, retain_graph=True, allow_unused=True) if specific else ()
+            for t in m.task_names}
+    for p in m.model.parameters():
+        p.grad = None
+    out = m.training_step(batch)
+    m.backward(out)
+    alpha = torch.as_tensor(m.aggregator.weighting.prvs_alpha, dtype=torch.float32)
+    assert out.logs["weight/a"] == pytest.approx(float(alpha[0]), rel=1e-5)  # no clip: the same α
+    assert float(alpha.min()) > 0 and abs(float(alpha[0]) - 1) > 1e-3  # a real weight, not 1
+    for i, t in enumerate(m.task_names):
+        for p, g in zip(m.model.heads[t].parameters(), heads[t]):
+            torch.testing.assert_close(p.grad, alpha[i] * g, atol=1e-6, rtol=1e-5)
+    for k, p in enumerate(specific):
+        want = sum(alpha[i] * spec[t][k] for i, t in enumerate(m.task_names) if spec[t][k] is not None)
+        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+    assert per_task == bool(specific)
+
+
+def test_other_methods_keep_plain_head_gradients():
+    m = make("imtl_g")
+    assert m.head_weights(torch.tensor([0.3, 0.7])) is None
+    need_solvers("nash_mtl")
+    assert make("nash_mtl", heads="plain").head_weights(torch.tensor([0.3, 0.7])) is None
+
+
 def test_mgda_ub_equals_backward_of_the_weighted_losses():
     # MGDA-UB: α from the feature gradients, then one backward of Σ α_i L_i.
     m = make("mgda", grad_on="features")
