@@ -48,7 +48,7 @@ def seeds_of(text: str) -> list[int]:
 
 def _command(cand: str, method: str, seed: int, nuisance: int | None) -> list[str]:
     cmd = [str(ROOT / ".venv" / "bin" / "mtlbench"), "run", "--config", str(DESIGN / f"{cand}.yaml"),
-           "--method", method, "--seed", str(seed), "--set", "train.threads=1", "--out", str(OUT), "--quiet"]
+           "--method", method, "--seed", str(seed), "--set", "train.threads=1", "--out", str(OUT), "--quiet", "--resume"]
     if nuisance is not None:
         cmd += ["--set", f"train.nuisance_seed={nuisance}"]
     return cmd
