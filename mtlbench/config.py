@@ -76,7 +76,8 @@ TOP_LEVEL_KEYS = ("seed", "preset", "method", "backbone", "dataset", "train")
 #: seed * 1e5, must stay within torch's 64-bit generator seed)
 MAX_SEED = 2**32 - 1
 
-RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress", "train.compile")
+RUNTIME_KEYS = ("train.device", "dataset.num_workers", "dataset.root", "train.progress", "train.compile",
+                "train.loggers")
 
 
 # ---------------------------------------------------------------------------
@@ -285,6 +286,8 @@ class TrainConfig:
     # torch.compile the networks' blocks and heads (Method.compile_modules); a runtime choice, like the device
     compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
+    # experiment trackers that mirror the run's scalars (mtlbench.trackers); a runtime choice
+    loggers: list[str] = option(default_factory=list, choices=("tensorboard", "wandb"), example=["tensorboard"])
 
 
 #: the built-in defaults: seed, preset and which plugins run when nothing says otherwise;

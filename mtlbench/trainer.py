@@ -526,6 +526,11 @@ class Training:
             # own generator, seeded from `seed` in train_loader)
             seed_everything(nuisance_stream_seed(cfg.seed, tcfg.nuisance_seed))
         self.steplog = StepLog(paths.steps_tmp, steps_size)
+        from .trackers import Trackers
+
+        self.trackers = Trackers(tcfg.loggers, paths.out / "trackers" / paths.rel, cfg.data,
+                                 run_id=f"{cfg.name('method')}-seed{cfg.seed}-{cfg.hash}", name=str(paths.rel),
+                                 start_step=self.global_step, resume=resume is not None)
 
         mode = "none" if opts.quiet else tcfg.progress
         label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
@@ -550,6 +555,9 @@ class Training:
                 self.prog.epoch_end(self._epoch_line(epoch, entry))
                 if self.opts.on_epoch:
                     self.opts.on_epoch(epoch, entry)
+        except BaseException:
+            self.trackers.close()
+            raise
         finally:
             self.prog.close()
             self.steplog.close()
@@ -600,6 +608,7 @@ class Training:
             entry["metrics"] = self.evaluate(epoch)
             entry["eval_s"] = round(time.perf_counter() - t_eval, 3)
         self.epochs.append(entry)
+        self.trackers.epoch(max(self.global_step - 1, 0), entry)
         if not _all_finite(method):
             raise self._diverged("the weights hold NaN or infinite values", epoch)
         return entry
@@ -619,9 +628,10 @@ class Training:
         losses = {t: float(v.detach()) for t, v in out.losses.items()}
         self.images_seen += batch["image"].shape[0]
         if tcfg.log_every and self.global_step % tcfg.log_every == 0:
-            self.steplog.write({"step": self.global_step, "epoch": epoch,
-                                **{f"loss/{t}": v for t, v in losses.items()},
-                                **out.logs, **step_logs})
+            row = {"step": self.global_step, "epoch": epoch, **{f"loss/{t}": v for t, v in losses.items()},
+                   **out.logs, **step_logs}
+            self.steplog.write(row)
+            self.trackers.step(self.global_step, row)
         self.global_step += 1
         self.prog.step(_fmt_losses(losses))
         if self.opts.on_step:
@@ -716,6 +726,8 @@ class Training:
             record["encoder_init"] = strict_json(init)
         # per task: how far the run is from the input-blind reference (degenerate when not clearly better)
         record["learned"] = strict_json(learned_block(s.dataset, record["metrics"]))
+        self.trackers.final(record["metrics"])
+        self.trackers.close()
         return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
 
 
