@@ -188,6 +188,8 @@ class GradientMethod(Method):
                             "(Features.final is a dict of distinct tensors)",
                             hint="use --set method.grad_on=params")
 
+        # this step's loss values, for aggregators that normalise by them (MGDA's loss, loss+)
+        self.step_losses = torch.stack([out.losses[t].detach().float().reshape(()) for t in self.task_names])
         # Stage 1: each task's gradient w.r.t. its head and its features; each head once.
         feat_grads: list[torch.Tensor] = []
         head_grads: list[tuple[list, tuple]] = []

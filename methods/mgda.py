@@ -31,8 +31,14 @@ Options:
 * ``max_iters`` = 250 and ``epsilon`` = 1e-5 (Frank-Wolfe only): the official code's
   ``MinNormSolver`` (MAX_ITER, STOP_CRIT); TorchJD's defaults are 100 and 1e-3.
 
-Not implemented: the official code's optional gradient normalisations
-(``l2``, ``loss``, ``loss+``) before the solver; Algorithm 2 has none.
+* ``normalization`` (the official code's ``gradient_normalizers`` and LibMTL's
+  ``mgda_gn``; Algorithm 2 itself has none): ``none`` (default), ``l2`` (g_i / ‖g_i‖),
+  ``loss`` (g_i / L_i) or ``loss+`` (g_i / (L_i ‖g_i‖)): α is the min-norm point of the
+  normalised gradients (their Gramian D G D, D = diag(1 / n_i)); the update is
+  Σ α_i g_i of the *unnormalised* gradients, as the official code's backward of
+  Σ α_i L_i.  LibMTL's parameter-space MGDA instead steps along Σ α_i g_i / n_i (the
+  normalised gradients): the same α, a per-task scale apart.  A zero norm or loss
+  normalises by 1.
 """
 from __future__ import annotations
 
@@ -116,6 +122,8 @@ class MGDAConfig(GradientConfig):
     solver: str = option("exact", choices=("exact", "frank_wolfe"))
     max_iters: int = option(250, ge=1)  # Frank-Wolfe iterations at most (official code's MAX_ITER)
     epsilon: float = option(1e-5, ge=0)  # stop when the line-search step falls below this (official STOP_CRIT)
+    # the gradients' normalisation before the solver: none | l2 | loss | loss+ (the official code, LibMTL mgda_gn)
+    normalization: str = option("none", choices=("none", "l2", "loss", "loss+"), hash_default=False)
 
 
 @METHODS.register("mgda")
@@ -130,3 +138,26 @@ class MGDA(GradientMethod):
 
         fw = Aggregator(epsilon=self.cfg.epsilon, max_iters=self.cfg.max_iters)
         return fw if self.cfg.solver == "frank_wolfe" else _exact_aggregator(fw)
+
+    def aggregate(self, blocks):
+        if self.cfg.normalization == "none":
+            return super().aggregate(blocks)
+        gram = sum(b @ b.T for b in blocks)
+        n = normalizers(gram, getattr(self, "step_losses", None), self.cfg.normalization)
+        inv = 1.0 / n
+        alpha = self.aggregator.gramian_weighting(gram * inv[:, None] * inv[None, :])
+        return [alpha.to(b.dtype) @ b for b in blocks], alpha, gram
+
+
+def normalizers(gram: torch.Tensor, losses: torch.Tensor | None, kind: str) -> torch.Tensor:
+    """The per-task normalisers n_i of ``kind`` (``l2``: ‖g_i‖, ``loss``: L_i, ``loss+``: L_i ‖g_i‖),
+    from the Gramian's diagonal and this step's losses; a non-positive n_i is replaced by 1."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    if kind == "l2":
+        n = norms
+    else:
+        if losses is None:
+            raise RuntimeError("MGDA normalisation by loss needs the step's losses (GradientMethod.backward sets them)")
+        losses = losses.to(gram.device, gram.dtype)
+        n = losses if kind == "loss" else losses * norms
+    return torch.where(n > 0, n, torch.ones_like(n))

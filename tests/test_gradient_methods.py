@@ -122,6 +122,30 @@ def test_mgda_hand_values():
     torch.testing.assert_close(vec, torch.tensor([0.8, 0.4]))
 
 
+@pytest.mark.parametrize("kind,n", [("l2", (1.0, 2.0)), ("loss", (2.0, 0.5)), ("loss+", (2.0, 1.0))])
+def test_mgda_gradient_normalisations(kind, n):
+    """g1 = (1, 0), g2 = (0, 2), losses (2, 0.5): α is the min-norm point of g_i / n_i (closed form
+    for two orthogonal vectors: α1 = |b|² / (|a|² + |b|²)), the update Σ α_i g_i (unnormalised)."""
+    m = make("mgda", normalization=kind)
+    m.step_losses = torch.tensor([2.0, 0.5])
+    a, b = torch.tensor([1.0, 0.0]) / n[0], torch.tensor([0.0, 2.0]) / n[1]
+    a1 = float(b @ b) / float(a @ a + b @ b)
+    vec, weights, _ = m.aggregate([torch.tensor([[1.0, 0.0], [0.0, 2.0]])])
+    torch.testing.assert_close(weights, torch.tensor([a1, 1 - a1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(vec[0], torch.tensor([a1, 2 * (1 - a1)]), atol=1e-6, rtol=0)
+    # none is MGDA itself
+    plain, w0, _ = make("mgda").aggregate([torch.tensor([[1.0, 0.0], [0.0, 2.0]])])
+    torch.testing.assert_close(w0, torch.tensor([0.8, 0.2]))
+
+
+def test_mgda_loss_normalisation_reads_the_steps_losses():
+    m = make("mgda", normalization="loss")
+    batch = toy_batch()
+    out = m.training_step(batch)
+    m.backward(out)
+    torch.testing.assert_close(m.step_losses, torch.stack([out.losses[t].detach() for t in m.task_names]))
+
+
 def test_imtl_g_equal_projections_on_unit_gradients():
     vec, weights, _ = aggregate("imtl_g", [[1.0, 0.0], [1.0, 1.0]])
     # α2 = √2 − 1, α1 = 2 − √2 (g·u1 = g·u2 = 1)
