@@ -122,6 +122,10 @@ class Trackers:
         if not names:
             return
         root.mkdir(parents=True, exist_ok=True)
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            raise UserError(f"train.loggers names unknown tracker(s) {', '.join(map(repr, unknown))}",
+                            hint=f"use any of: {', '.join(TRACKERS)}, e.g. --set train.loggers=[tensorboard]")
         for n in names:
             if n == "tensorboard":
                 self.items.append(_TensorBoard(root, config, start_step))
