@@ -63,6 +63,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .trackers import TRACKERS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -287,7 +288,7 @@ class TrainConfig:
     compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
     # experiment trackers that mirror the run's scalars (mtlbench.trackers); a runtime choice
-    loggers: list[str] = option(default_factory=list, choices=("tensorboard", "wandb"), example=["tensorboard"])
+    loggers: list[str] = option(default_factory=list, choices=TRACKERS, example=["tensorboard"])
 
 
 #: the built-in defaults: seed, preset and which plugins run when nothing says otherwise;
