@@ -62,7 +62,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import PluginError, UserError, bounded_text, quote
 from .trackers import TRACKERS
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -214,18 +214,33 @@ def _num(x: float) -> str:
 
 
 def _flow(v: Any) -> str:
-    """``v`` as a YAML flow scalar, as a user would write it after ``--set key=``."""
+    """``v`` as a YAML flow scalar, as a user would write it after ``--set key=`` (for messages:
+    at most about :data:`mtlbench.errors.VALUE_LIMIT` characters, however large ``v``)."""
+    return bounded_text(v, _flow_walk)
+
+
+def _flow_walk(v: Any, put) -> None:
     if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_flow(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + "}"
-    return str(v)
+        put("true" if v else "false")
+    elif v is None:
+        put("null")
+    elif isinstance(v, (list, tuple)):
+        put("[")
+        for i, x in enumerate(v):
+            if i:
+                put(",")
+            _flow_walk(x, put)
+        put("]")
+    elif isinstance(v, dict):
+        put("{")
+        for i, (k, x) in enumerate(v.items()):
+            if i:
+                put(", ")
+            put(f"{k}: ")
+            _flow_walk(x, put)
+        put("}")
+    else:
+        put(str(v))
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -310,17 +325,119 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# An integer written with a leading zero (``010``) is octal in YAML 1.1 (8) but decimal to
+# ``--seed 010`` and to Python (10); rather than pick one in silence, mtlbench's YAML refuses it
+# (in files and ``--set`` alike) and says how to write either.  ``0x``/``0b`` stay as they are.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0[0-9_]+$"), list("-+0"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value)
+    digits = text.replace("_", "").lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        sign = -1 if text.startswith("-") else 1
+        octal = (f"YAML 1.1 reads it as the octal number {sign * int(digits, 8)}, while --seed and "
+                 f"Python read {sign * int(digits)}"
+                 if set(digits) <= set("01234567") and int(digits, 8) != int(digits)
+                 else "YAML 1.1 reads numbers written so as octal")
+        raise LeadingZeroError(
+            f"{text} is an integer with a leading zero, ambiguous ({octal}): write it without the "
+            f"leading zero ({sign * int(digits)}), or quote it ('{text}') if it is a string",
+            node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+class LeadingZeroError(yaml.YAMLError):
+    """A YAML integer with a leading zero (``010``): octal to YAML 1.1, decimal to everyone else."""
+
+    def __init__(self, text: str, mark=None):
+        super().__init__(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+#: the most values (scalars, lists, mappings) a YAML document may hold once its aliases are
+#: expanded: ``b: [*a, *a, ...]`` nested a few levels deep ("billion laughs") turns a few hundred
+#: bytes into millions of values, which any later walk (a check, a message, the config hash)
+#: would write out in full.  A config file holds hundreds.
+MAX_YAML_NODES = 100_000
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A YAML document whose aliases expand beyond :data:`MAX_YAML_NODES` values, that refers to
+    itself, or that nests too deeply to read."""
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """The number of nodes of ``root``'s document with every alias written out, counted without
+    writing them out (each distinct node once, memoised); YAMLTooLarge past ``limit`` or on a
+    node that contains itself (``&a [*a]``)."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > limit:
+                raise YAMLTooLarge(f"its aliases expand it to more than {limit} values")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise YAMLTooLarge("an alias refers to a value that contains it (a recursive structure)")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise YAMLTooLarge("an alias refers to a value that contains it (a recursive structure)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def guarded_yaml_load(text: str, loader: type = None, limit: int | None = None):
+    """``text`` parsed with ``loader`` (mtlbench's rules by default), refusing a document whose
+    aliases expand beyond ``limit`` values (:data:`MAX_YAML_NODES`) or that nests too deeply
+    (:class:`YAMLTooLarge`)."""
+    ld = (loader or _Loader)(text)
+    try:
+        node = ld.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, MAX_YAML_NODES if limit is None else limit)
+        return ld.construct_document(node)
+    except RecursionError:
+        raise YAMLTooLarge("it nests too deeply to read") from None
+    finally:
+        ld.dispose()
+
+
 _PARSED: dict[str, Any] = {}  # YAML text -> its parsed value (presets are read on every resolve)
 
 
 def yaml_load(text: str):
     """``text`` parsed with mtlbench's YAML rules; a fresh copy each call.  Parses are kept by
     content (pure-Python YAML is most of what resolving a config costs), never by file name, so
-    an edited file is parsed again."""
+    an edited file is parsed again.  A document whose aliases expand it beyond
+    :data:`MAX_YAML_NODES` values is refused (:class:`YAMLTooLarge`), as is an integer with a
+    leading zero (:class:`LeadingZeroError`)."""
     if text not in _PARSED:
         if len(_PARSED) >= 512:
             _PARSED.clear()
-        _PARSED[text] = yaml.load(text, Loader=_Loader)  # raises before anything is kept
+        _PARSED[text] = guarded_yaml_load(text)  # raises before anything is kept
     return copy.deepcopy(_PARSED[text])
 
 
@@ -354,8 +471,13 @@ def parse_set(item: str) -> tuple[str, Any]:
         raise UserError(f"--set {item!r} has an empty key", hint="write e.g. --set train.epochs=5")
     try:
         value = yaml_load(raw) if raw.strip() else None
+    except YAMLTooLarge as exc:
+        raise UserError(f"--set {quote(item)}: the value is refused: {exc}",
+                        hint="write the value out; YAML anchors and aliases are for sharing a few values") from None
+    except LeadingZeroError as exc:
+        raise UserError(f"--set {quote(item)}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        raise UserError(f"--set {quote(item)}: the value is not valid YAML ({exc})") from exc
     return key, value
 
 
@@ -380,6 +502,13 @@ def load_yaml(path: str | Path, what: str) -> dict:
                         hint="pass a YAML file of config keys, e.g. `train: {epochs: 5}`") from None
     try:
         data = yaml_load(text)
+    except YAMLTooLarge as exc:
+        raise UserError(f"{what} {str(p)!r} is refused: {exc} ({len(raw)} bytes of YAML; mtlbench reads "
+                        f"at most {MAX_YAML_NODES} values)",
+                        hint="write the values out; YAML anchors and aliases (&name, *name) are for "
+                             "sharing a few values, not for building large data") from None
+    except LeadingZeroError as exc:
+        raise UserError(f"{what} {str(p)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
     if data is None:
@@ -435,7 +564,7 @@ class Layers:
         top = parts[0]
         if top not in TOP_LEVEL_KEYS:
             raise UserError(
-                f"unknown config key {key!r} (from {origin}); valid top-level keys: "
+                f"unknown config key {quote(key)} (from {origin}); valid top-level keys: "
                 f"{', '.join(TOP_LEVEL_KEYS)}")
         if len(parts) == 1:
             if top in (*PLUGIN_SECTIONS, "train"):
@@ -444,21 +573,23 @@ class Layers:
                 if isinstance(value, dict):
                     return self.apply({top: value}, origin)
                 raise UserError(f"config key {key!r} (from {origin}) must be a mapping of "
-                                f"{top} options, got {value!r}",
+                                f"{top} options, got {quote(value)}",
                                 hint=f"e.g. --set {top}.KEY=VALUE, or `{top}: {{KEY: VALUE}}` in a file")
             self.data[top] = value
             self.origin[top] = origin
             return
         if len(parts) > 2:
-            raise UserError(f"config key {key!r} (from {origin}) is nested too deeply; "
+            raise UserError(f"config key {quote(key)} (from {origin}) is nested too deeply; "
                             f"options live one level below {top!r} (e.g. {top}.{parts[1]})")
         sub = parts[1]
         section = self.data[top]
         if sub == "name" and top in PLUGIN_SECTIONS:
             if not isinstance(value, str):
-                raise UserError(f"{key} (from {origin}) must be a string, got {value!r}")
+                raise UserError(f"{key} (from {origin}) must be a string, got {quote(value)}")
             try:
                 new = _registry(top).canonical(value)
+            except PluginError as exc:  # a broken plugin is named, never taken for a missing name
+                raise PluginError(f"{key} (from {origin}): {exc.message}", exc.failures, hint=exc.hint) from None
             except UserError as exc:
                 raise UserError(f"{key} (from {origin}): {exc}") from None
             if new != section.get("name"):
@@ -597,7 +728,7 @@ def build_dataclass(cls: type, values: dict, section: str, origins: dict[str, st
         if not ok:
             raise UserError(
                 f"config key {section}.{key} must be of type {_type_name(hints[key])}; "
-                f"got {value!r} (from {where})", hint=_hint(section, f, check))
+                f"got {quote(value)} (from {where})", hint=_hint(section, f, check))
         why = check.problem(coerced) if check is not None else _finite_problem(coerced)
         if why:
             why = _or_null(why, hints[key])
@@ -698,6 +829,8 @@ def _section_class(section: str, sec: dict) -> type | None:
         return TrainConfig
     try:
         return plugin_config_class(section, sec.get("name"))
+    except PluginError:  # a broken plugin: said, not taken for one this install lacks
+        raise
     except Exception:  # a plugin this install lacks, or a broken record: nothing to drop
         return None
 
@@ -748,7 +881,7 @@ def finalize(layers: Layers, sources: list[str] | None = None) -> ResolvedConfig
     seed = data.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"seed (from {layers.origin.get('seed', '?')}) must be an integer from 0 to "
-                        f"{MAX_SEED} (2^32 - 1), got {seed!r}",
+                        f"{MAX_SEED} (2^32 - 1), got {quote(seed)}",
                         hint="the per-epoch shuffle seeds are derived from it and must stay within 64 bits")
     objs = {}
     full = {"seed": seed, "preset": data.get("preset")}
@@ -778,7 +911,7 @@ def resolve(*, preset: str | None = None, config_file: str | None = None,
     if file_preset is not None:  # checked even when --preset wins over it
         if not isinstance(file_preset, str):
             raise UserError(f"preset (from config file {config_file}) must be a preset name, got "
-                            f"{file_preset!r}", hint=f"presets: {', '.join(available_presets())}")
+                            f"{quote(file_preset)}", hint=f"presets: {', '.join(available_presets())}")
         preset_path(file_preset)
     preset_name = preset or file_preset or DEFAULTS["preset"]
     layers = Layers()
@@ -796,6 +929,13 @@ def resolve(*, preset: str | None = None, config_file: str | None = None,
             layers.set(key, value, flag)
     for item in sets or []:
         key, value = parse_set(item)
+        if key == "preset":
+            # the preset is the lowest layer, read before any other: set afterwards, only the name
+            # would change, the values staying the preset's that was read
+            raise UserError(f"--set {quote(item)}: the preset cannot be chosen with --set (it would rename "
+                            f"the config's preset and keep the values of preset {preset_name!r})",
+                            hint=f"use --preset {value}" if isinstance(value, str) else
+                            f"use --preset NAME; presets: {', '.join(available_presets())}")
         layers.set(key, value, f"--set {item}")
     return finalize(layers, sources)
 

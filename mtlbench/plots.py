@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import UserError
+from .errors import PluginError, UserError
 from .records import method_defaults, newest_first  # noqa: F401  (newest_first: figure code's)
 
 FORMATS = ("png", "pdf")
@@ -72,7 +72,8 @@ def _read_dir(directory: Path, on_unreadable: Callable[[str], None]) -> list[dic
 
     recs, problems = read_dir(directory)
     for bad in problems:
-        on_unreadable(f"skipped an unreadable run record: {bad.problem}")
+        on_unreadable(f"skipped {'a run record of a newer mtlbench' if bad.newer else 'an unreadable run record'}: "
+                      f"{bad.problem}")
     return recs
 
 
@@ -290,6 +291,8 @@ def _registered_primaries(rec: dict) -> dict[str, str] | None:
             cfg = from_dict(rec["config"])
             tasks = DATASETS.get(cfg.name("dataset"))(cfg.dataset).tasks()
             _PRIMARY_CACHE[key] = {t: task.primary_metric.key for t, task in tasks.items()}
+        except PluginError:  # a broken plugin is named
+            raise
         except Exception:  # an old config, an uninstalled plugin: no way to tell
             _PRIMARY_CACHE[key] = None
     return _PRIMARY_CACHE[key]
@@ -329,13 +332,19 @@ def series(steps: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def save_figure(fig, out: str | Path) -> Path:
-    """Write ``fig`` to ``out`` (format from the suffix) and close it."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
+    """Write ``fig`` to ``out`` (format from the suffix) and close it; a UserError naming the path
+    when it cannot be written (its folder is a file, or not writable)."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=150, bbox_inches="tight")
+    except OSError as exc:
+        raise UserError(f"cannot write the figure {out}: {exc.strerror or exc}",
+                        hint="pass --save a directory you can write to (it is created if missing)") from None
+    finally:
+        plt.close(fig)
     return out
 
 

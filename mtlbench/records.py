@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import UserError
+from .errors import PluginError, UserError
 
 #: the record schema version :func:`make_record` writes
 SCHEMA_VERSION = 2
@@ -331,18 +331,172 @@ def write_record(paths: RunPaths, record: dict, epochs: list[dict], final_state:
 # reading records
 # ---------------------------------------------------------------------------
 
+class RecordProblem(UserError):
+    """A file that is not a run record this mtlbench can use: ``problem`` says what is wrong
+    (without the path); ``newer``: it is a record of a newer schema than :data:`SCHEMA_VERSION`."""
+
+    def __init__(self, path: str | Path, problem: str, *, newer: bool = False, hint: str | None = None):
+        super().__init__(f"run record {str(path)!r} {problem}", hint=hint)
+        self.path = Path(path)
+        self.problem = problem
+        self.newer = newer
+
+
+#: top-level keys of a record and the types they must have when present (``config`` and
+#: ``metrics`` must be present); None stands for JSON null
+_RECORD_KEYS: dict[str, tuple] = {
+    **{k: (str,) for k in ("id", "created", "method", "backbone", "dataset", "dataset_family",
+                           "config_hash", "checkpoint")},
+    "preset": (str, None), "git_commit": (str, None),
+    **{k: (dict,) for k in ("tasks", "extra_metrics", "report", "schedule", "history", "params", "timing",
+                            "memory", "device", "versions", "method_info")},
+}
+_CONFIG_SECTIONS = ("method", "backbone", "dataset", "train")
+
+
+def _type_word(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metric_table(value: Any, where: str, depth: int) -> str | None:
+    """What is wrong with ``{task: {metric: number or null}}`` (``depth`` 2), or with one more
+    level of groups above it (``depth`` 3); None when nothing is."""
+    if not isinstance(value, dict):
+        return f"{where} is {_type_word(value)}, not an object"
+    for k, v in value.items():
+        if depth > 1:
+            why = _metric_table(v, f"{where}.{k}", depth - 1)
+            if why:
+                return why
+        elif v is not None and not _is_number(v):
+            return f"{where}.{k} is {_type_word(v)}, not a number"
+    return None
+
+
+def record_problem(rec: Any) -> tuple[str, bool] | None:
+    """What is wrong with the shape of a parsed record file, and whether it is only that it is of
+    a newer schema; None for a well-formed record.
+
+    Well formed: an object with ``config`` (an object whose ``method``, ``backbone``, ``dataset``
+    and ``train`` are objects where present, ``seed`` an integer and ``preset`` a string or null)
+    and ``metrics`` (``{task: {metric: number or null}}``); the other keys of the schema
+    (``results/README.md``) of their documented types where present (``extra_metrics``
+    ``{group: {task: {metric: number or null}}}``, ``tasks`` ``{task: object}``, the compact epoch
+    rows of ``history.epochs`` objects with an integer ``epoch``); ``schema`` an integer from 1
+    to :data:`SCHEMA_VERSION`.  Keys it does not know are allowed.
+    """
+    if not isinstance(rec, dict):
+        return f"is not an mtlbench run record (the file holds {_type_word(rec)}, not an object)", False
+    missing = [k for k in ("config", "metrics") if k not in rec]
+    if missing:
+        return f"is not an mtlbench run record (no {'/'.join(missing)})", False
+    schema = rec.get("schema")
+    if "schema" in rec:
+        if not _is_int(schema) or schema < 1:
+            return f"is not an mtlbench run record (schema is {_type_word(schema)} {schema!r:.40}, "\
+                   f"not a version number)", False
+        if schema > SCHEMA_VERSION:
+            return (f"has record schema {schema}, newer than this mtlbench reads (up to "
+                    f"{SCHEMA_VERSION}): it was written by a newer version of mtlbench; upgrade "
+                    f"mtlbench to use it", True)
+    cfg = rec["config"]
+    if not isinstance(cfg, dict):
+        return f"is malformed: config is {_type_word(cfg)}, not an object", False
+    for section in _CONFIG_SECTIONS:
+        sec = cfg.get(section)
+        if section in cfg and not isinstance(sec, dict):
+            return f"is malformed: config.{section} is {_type_word(sec)}, not an object", False
+        if isinstance(sec, dict) and "name" in sec and not isinstance(sec["name"], str):
+            return f"is malformed: config.{section}.name is {_type_word(sec['name'])}, not a string", False
+    if "seed" in cfg and not _is_int(cfg["seed"]):
+        return f"is malformed: config.seed is {_type_word(cfg['seed'])}, not an integer", False
+    if "preset" in cfg and not isinstance(cfg["preset"], (str, type(None))):
+        return f"is malformed: config.preset is {_type_word(cfg['preset'])}, not a string", False
+    why = _metric_table(rec["metrics"], "metrics", 2)
+    if why:
+        return f"is malformed: {why}", False
+    if "seed" in rec and not _is_int(rec["seed"]):
+        return f"is malformed: seed is {_type_word(rec['seed'])}, not an integer", False
+    for key, types in _RECORD_KEYS.items():
+        if key in rec:
+            v = rec[key]
+            if not any(v is None if t is None else isinstance(v, t) for t in types):
+                want = " or ".join("null" if t is None else _type_word(t()) for t in types)
+                return f"is malformed: {key} is {_type_word(v)}, not {want}", False
+    if "extra_metrics" in rec:
+        why = _metric_table(rec["extra_metrics"], "extra_metrics", 3)
+        if why:
+            return f"is malformed: {why}", False
+    for task, info in (rec.get("tasks") or {}).items():
+        if not isinstance(info, dict):
+            return f"is malformed: tasks.{task} is {_type_word(info)}, not an object", False
+        if "metrics" in info and not isinstance(info["metrics"], dict):
+            return f"is malformed: tasks.{task}.metrics is {_type_word(info['metrics'])}, not an object", False
+    hist = rec.get("history") or {}
+    for key in ("epochs", "steps"):
+        rows = hist.get(key)
+        if key in hist and not isinstance(rows, list):
+            return f"is malformed: history.{key} is {_type_word(rows)}, not a list", False
+        for i, row in enumerate(rows or []):
+            if not isinstance(row, dict):
+                return f"is malformed: history.{key}[{i}] is {_type_word(row)}, not an object", False
+            if key == "epochs" and not _is_int(row.get("epoch")):
+                return f"is malformed: history.epochs[{i}].epoch is {_type_word(row.get('epoch'))}, " \
+                       f"not an integer", False
+    for key in ("epochs_file", "steps_file"):
+        if key in hist and not isinstance(hist[key], str):
+            return f"is malformed: history.{key} is {_type_word(hist[key])}, not a string", False
+    return None
+
+
+def check_record(rec: Any, path: str | Path) -> dict:
+    """``rec`` (a parsed record file at ``path``) when it is a well-formed record
+    (:func:`record_problem`); a :class:`RecordProblem` otherwise."""
+    found = record_problem(rec)
+    if found is not None:
+        problem, newer = found
+        raise RecordProblem(path, problem, newer=newer,
+                            hint="upgrade mtlbench (install a newer release, or pull the latest source)"
+                            if newer else "move it out of the results directory, or delete it and run again")
+    return rec
+
+
 def read_record(path: str | Path) -> dict:
-    """The record at ``path`` with its ``_path``; a UserError when it is not a readable record."""
+    """The record at ``path`` with its ``_path``; a :class:`RecordProblem` (a UserError) when it
+    is not a record this mtlbench can use: missing, not a regular file, not UTF-8, not JSON, not
+    of the record's shape, or of a newer schema (:func:`record_problem`).  The one reader of
+    record files: everything that uses a record reads it here."""
     p = Path(path)
     try:
-        rec = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"run record {str(p)!r} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"run record {str(p)!r} is not valid JSON: {exc}",
-                        hint="delete it and run again") from exc
-    if not isinstance(rec, dict) or "config" not in rec or "metrics" not in rec:
-        raise UserError(f"{str(p)!r} is not an mtlbench run record (no config/metrics)")
+        if not p.exists():
+            raise RecordProblem(p, "does not exist", hint="check the path") from None
+        if not p.is_file():
+            what = "a directory" if p.is_dir() else "not a regular file"
+            raise RecordProblem(p, f"is {what}, not a record file",
+                                hint="move it out of the results directory")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise RecordProblem(p, f"cannot be read: {exc.strerror or exc}", hint="check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordProblem(p, f"is not a text file (not UTF-8 at byte {exc.start})",
+                            hint="delete it and run again") from None
+    try:
+        rec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        why = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise RecordProblem(p, f"is not valid JSON: {why}", hint="delete it and run again") from None
+    check_record(rec, p)
     rec["_path"] = str(p)
     return rec
 
@@ -362,10 +516,12 @@ def checkpoint_of(record: dict) -> Path | None:
 
 @dataclass(frozen=True)
 class BadRecord:
-    """A file under ``<out>/runs`` that is not a readable run record."""
+    """A file under ``<out>/runs`` that is not a readable run record; ``newer``: a record of a
+    newer schema (written by a newer mtlbench), skipped rather than broken."""
 
     path: Path
     problem: str
+    newer: bool = False
 
     def describe(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -391,6 +547,8 @@ def method_defaults(method: str) -> dict | None:
         try:
             cls = METHODS.get(method).Config
             _DEFAULTS_CACHE[method] = dict(dataclasses.asdict(cls()))
+        except PluginError:  # a broken plugin is named, never taken for one that is not registered
+            raise
         except (UserError, TypeError, AttributeError):
             _DEFAULTS_CACHE[method] = None
     return _DEFAULTS_CACHE[method]
@@ -409,6 +567,8 @@ def neutral_options(method: str) -> frozenset:
                 check = option_check(f)
                 if check is not None and not check.hash_default:
                     names.add(f.name)
+        except PluginError:
+            raise
         except (UserError, TypeError, AttributeError):
             pass
         _NEUTRAL_CACHE[method] = frozenset(names)
@@ -495,6 +655,8 @@ def _plugin_defaults(section: str, name: str | None) -> dict:
     try:
         cfg = reg.get(name).Config if reg is not None and name else None
         return dataclasses.asdict(cfg()) if cfg is not None else {}
+    except PluginError:
+        raise
     except (UserError, TypeError, AttributeError):
         return {}
 
@@ -604,10 +766,8 @@ def read_dir(directory: str | Path) -> tuple[list[dict], list[BadRecord]]:
     for p in sorted(root.rglob("*.json")):
         try:
             records.append(read_record(p))
-        except UserError as exc:
-            problems.append(BadRecord(p, exc.message))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(BadRecord(p, f"cannot be read: {exc}"))
+        except RecordProblem as exc:
+            problems.append(BadRecord(p, exc.message, newer=exc.newer))
     return records, problems
 
 

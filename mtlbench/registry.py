@@ -6,7 +6,12 @@ Third-party packages declare entry points in the groups ``mtlbench.methods``,
 first time a registry is looked up.  A duplicate name is an error naming both
 origins; an unknown name is an error listing close matches and every name.  A
 plugin that fails to import is an error on every lookup of its registry, not
-only the first (a registry is never used half-loaded).
+only the first (a registry is never used half-loaded): a
+:class:`~mtlbench.errors.PluginError` naming every plugin that failed, one line
+each with its error, whatever it raised while importing (``sys.exit()`` too;
+only ``KeyboardInterrupt`` passes through).  Looking up a name that a failed
+plugin would have provided (an entry point's name, a built-in module's name)
+says that this plugin failed to load.
 
 The build sequence of a resolved config (dataset, tasks, backbone, method) is
 :func:`mtlbench.models.assemble`.
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Iterator
 
-from .errors import UserError
+from .errors import PluginError, PluginFailure, UserError, clip
 
 
 @dataclass
@@ -49,7 +54,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._loaded = False  # every plugin imported
         self._loading = False  # importing them now (a plugin may look the registry up meanwhile)
-        self._failure: UserError | None = None  # why importing the plugins failed, raised on every lookup
+        self._failures: tuple[PluginFailure, ...] = ()  # plugins that failed to load, said on every lookup
 
     # -- registration -------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] | list[str] = (),
@@ -86,23 +91,42 @@ class Registry:
             self._aliases[a] = name
 
     # -- loading ------------------------------------------------------------
-    def _ensure_loaded(self) -> None:
-        """Import every plugin once; if that failed, raise the same error on every lookup."""
-        if self._failure is not None:
-            raise self._failure
+    def _ensure_loaded(self, name: str | None = None) -> None:
+        """Import every plugin once; if any failed, raise :meth:`failure_error` on every lookup
+        (``name``: the name looked up, if one is)."""
+        if self._failures:
+            raise self.failure_error(name)
         if self._loaded or self._loading:
             return
         self._loading = True
         try:
-            self._load()
-        except UserError as exc:
-            self._failure = exc
-            raise
+            self._failures = tuple(self._load())
         finally:
             self._loading = False
         self._loaded = True
+        if self._failures:
+            raise self.failure_error(name)
 
-    def _load(self) -> None:
+    def failure_error(self, name: str | None = None) -> PluginError:
+        """The error of a registry whose plugins failed to load: every failure, one line each;
+        first, when ``name`` is one a failed plugin would have provided, that it failed."""
+        fs = self._failures
+        lines = []
+        culprit = next((f for f in fs if name is not None and name in f.names), None)
+        if culprit is not None:
+            lines.append(f"{self.kind} {name!r} comes from a plugin that failed to load: {culprit.line()}")
+        if culprit is None or len(fs) > 1:
+            head = (f"{len(fs)} {self.kind} plugins failed to load" if len(fs) > 1
+                    else f"a {self.kind} plugin failed to load")
+            lines.append(head + (f", so {self.kind} {name!r} cannot be looked up" if name and culprit is None
+                                 else "") + ":")
+            lines += [f"  {f.line()}" for f in fs]
+        hints = list(dict.fromkeys(f.hint for f in fs if f.hint))
+        return PluginError("\n".join(lines), fs, hint="; ".join(hints) or None)
+
+    def _load(self) -> list[PluginFailure]:
+        """Import every plugin, going on past a failing one; returns the failures."""
+        failures: list[PluginFailure] = []
         for pkg_name in self._builtin_packages:
             pkg = importlib.import_module(pkg_name)
             for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -110,24 +134,36 @@ class Registry:
                     name = f"{pkg_name}.{mod.name}"
                     try:
                         importlib.import_module(name)
-                    except UserError:
+                    except KeyboardInterrupt:
                         raise
-                    except Exception as exc:
-                        raise UserError(f"could not import the built-in {self.kind} plugin {name}: "
-                                        f"{type(exc).__name__}: {exc}",
-                                        hint="a broken install or a bug: `mtlbench --debug ...` shows the "
-                                             'traceback; reinstall with pip install -e .') from exc
+                    except UserError as exc:
+                        failures.append(PluginFailure(f"the built-in {self.kind} plugin {name}", (mod.name,),
+                                                      _one_line(exc.message), exc.hint))
+                    except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin must not end mtlbench
+                        failures.append(PluginFailure(
+                            f"could not import the built-in {self.kind} plugin {name}", (mod.name,), _describe(exc),
+                            "a broken install or a bug: `mtlbench --debug ...` shows the "
+                            "traceback; reinstall with pip install -e ."))
         for ep in _entry_points(self.group):
             if ep.name in self._entries and self._entries[ep.name].origin.startswith("entry point"):
                 continue
-            dist = getattr(getattr(ep, "dist", None), "name", "?")
-            origin = f"entry point {dist}:{ep.value}"
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            origin = f"entry point {dist}:{ep.value}" if dist else f"entry point {ep.value}"
+            dist = dist or f"package declaring the entry point {ep.name!r} (group {self.group})"
             try:
                 obj = ep.load()
-            except Exception as exc:
-                raise UserError(f"could not load {self.kind} plugin {ep.name!r} from {origin}: {exc}",
-                                hint=f"fix or uninstall the {dist} package") from exc
-            self.add(ep.name, obj, origin=origin, hint=f"rename the entry point in the {dist} package")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too (see above)
+                failures.append(PluginFailure(f"could not load {self.kind} plugin {ep.name!r} from {origin}",
+                                              (ep.name,), _describe(exc), f"fix or uninstall the {dist} package"))
+                continue
+            try:
+                self.add(ep.name, obj, origin=origin, hint=f"rename the entry point in the {dist} package")
+            except UserError as exc:
+                failures.append(PluginFailure(f"{self.kind} plugin {ep.name!r} from {origin}", (ep.name,),
+                                              _one_line(exc.message), exc.hint))
+        return failures
 
     # -- lookup -------------------------------------------------------------
     def names(self) -> list[str]:
@@ -140,7 +176,7 @@ class Registry:
             yield self._entries[n]
 
     def canonical(self, name: str) -> str:
-        self._ensure_loaded()
+        self._ensure_loaded(name)
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -157,8 +193,21 @@ class Registry:
         return self._entries[self.canonical(name)].obj
 
     def __contains__(self, name: str) -> bool:
-        self._ensure_loaded()
+        self._ensure_loaded(name)
         return name in self._entries or name in self._aliases
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception raised while importing a plugin, on one line: ``Type: message``."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while being imported"
+    text = _one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, at most a few hundred characters."""
+    return clip(" ".join(str(text).split()), 500)
 
 
 def _entry_points(group: str):

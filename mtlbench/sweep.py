@@ -362,7 +362,8 @@ class SweepPlan:
         return lost
 
     def corrupt_records(self) -> tuple[dict[tuple, BadRecord], list[BadRecord]]:
-        """Unreadable files split into ``({job key: bad record of a planned run}, others)``."""
+        """Unreadable files split into ``({job key: bad record of a planned run}, others)`` (a record of a
+        newer schema is among the others: it is not corrupt, only unreadable here)."""
         at = {}
         for j in self.todo:
             p = j.record_path(self.setting.out)
@@ -371,7 +372,7 @@ class SweepPlan:
         mine, others = {}, []
         for bad in self.problems:
             key = at.get(bad.path.resolve())
-            if key is None:
+            if key is None or bad.newer:  # a newer mtlbench's record is not corrupt: never moved
                 others.append(bad)
             else:
                 mine[key] = bad
@@ -407,7 +408,8 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
         lines.append(f"# unreadable record {bad.describe()}: a sweep moves it aside to "
                      f"{bad.path.name}.corrupt-<time> and runs it again")
     for bad in others:
-        lines.append(f"# unreadable record (not a run of this table; left alone) {bad.describe()}")
+        lines.append(f"# record of a newer mtlbench (left alone) {bad.describe()}" if bad.newer else
+                     f"# unreadable record (not a run of this table; left alone) {bad.describe()}")
     for dep, ckpt, needers in plan.lost_checkpoints():
         lines.append(f"# {dep.describe()} is recorded but its checkpoint {ckpt} is missing, and "
                      f"{', '.join(j.describe() for j in needers)} load{'s' if len(needers) == 1 else ''} it: "
@@ -465,7 +467,8 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
         echo(line)
     mine, others = plan.corrupt_records()
     for bad in others:
-        echo(f"unreadable record (not a run of this table; left alone): {bad.describe()}")
+        echo(f"record of a newer mtlbench (left alone): {bad.describe()}" if bad.newer else
+             f"unreadable record (not a run of this table; left alone): {bad.describe()}")
     for bad in mine.values():
         moved = move_aside(bad.path)
         echo(f"unreadable record {bad.describe()}: moved aside to {moved}; its run is trained again")

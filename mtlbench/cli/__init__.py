@@ -50,6 +50,53 @@ def add_flag(p: argparse.ArgumentParser, new: str, *old: str, required: bool = F
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def check_output_path(path, flag: str, *, directory: bool):
+    """``path`` (a Path) if an output can be written there; otherwise a UserError naming ``flag`` and
+    the path, before any work is done.  ``directory``: the output is a directory (created if
+    missing, so it must not be a file); else a file (overwritten if it exists, so it must not be
+    a directory or a special file).  Missing folders are fine when the nearest existing one is a
+    directory a file can be created in (tried, not guessed from permission bits)."""
+    import os
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    fix = (f"pass {flag} a directory you can write to (it is created if missing)" if directory
+           else f"pass {flag} a file path you can write to (missing folders are created)")
+    if p.exists():
+        if directory and not p.is_dir():
+            raise UserError(f"{flag} {path}: {p} exists and is not a directory", hint=fix)
+        if not directory and not p.is_file():
+            what = "a directory" if p.is_dir() else "not a regular file"
+            raise UserError(f"{flag} {path}: {p} is {what}; expected a file",
+                            hint=f"pass a file name, e.g. {flag} {p / 'table.md'}" if p.is_dir() else fix)
+        if not directory:
+            if not os.access(p, os.W_OK):
+                raise UserError(f"{flag} {path}: {p} is not writable", hint=fix)
+            return p
+        _probe(p, flag, path, fix)
+        return p
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, so {p} cannot be created under it", hint=fix)
+    _probe(parent, flag, path, fix)
+    return p
+
+
+def _probe(folder, flag: str, path, fix: str) -> None:
+    """Create and remove a file in ``folder``: a UserError when that fails."""
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mtlbench-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc})", hint=fix) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

@@ -80,6 +80,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(flags.get(k, f'--option {k}') for k in unknown)}: figure "
                         f"{entry.qualified!r} takes no such option, so it would do nothing",
                         hint=f"its options: {', '.join(entry.spec.options) or 'none'}")
+    from . import check_output_path
+
+    check_output_path(args.save, "--save", directory=True)  # before the records are read
     pyplot()  # a missing matplotlib is reported before records are read
     records = load_runs(args.runs, args.out)
     if not args.runs:

@@ -61,8 +61,14 @@ def main(args: argparse.Namespace) -> int:
     from ..config import resolve
 
     from ..data.base import check_data_root
+    from ..errors import UserError
     from ..registry import DATASETS
 
+    if args.resume and args.force:  # --force would win and overwrite the checkpoint --resume means to keep
+        raise UserError("--resume and --force contradict each other: --resume continues an interrupted run "
+                        "from its checkpoint (last.pt), --force starts the run over, replacing its "
+                        "checkpoint and any record",
+                        hint="give --resume to continue the run, or --force to train it again from scratch")
     cfg = resolve(preset=args.preset, config_file=args.config, flags=config_flags(args),
                   sets=args.sets)
     check_data_root(DATASETS.get(cfg.name("dataset")), args.data_root)

@@ -76,8 +76,12 @@ def main(args: argparse.Namespace) -> int:
     from ..tables import (apply_overrides, build_table, choose_setting, load_spec, parse_overrides,
                           parse_seeds, render, render_comparisons, render_rich)
 
+    from . import check_output_path
+
     seeds = parse_seeds(args.seeds)
     pairs = [parse_pair(c) for c in args.compare]
+    if args.save:  # before the table is built: a path that cannot be written is said at once
+        check_output_path(args.save, "--save", directory=False)
     spec, notes = apply_overrides(load_spec(args.table, flag="--table"), parse_overrides(args.overrides))
     require_results_dir(args.out)
     setting = choose_setting(spec, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
@@ -104,7 +108,13 @@ def main(args: argparse.Namespace) -> int:
     if args.save:
         fmt = args.format if args.format != "rich" else "md"
         path = Path(args.save)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(bt, fmt, paper=args.paper))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(bt, fmt, paper=args.paper))
+        except OSError as exc:
+            from ..errors import UserError
+
+            raise UserError(f"--save {args.save}: cannot write the table: {exc.strerror or exc}",
+                            hint="pass --save a file path you can write to") from None
         print(f"wrote {path}")
     return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,6 +91,23 @@ def read_npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(shape), dtype, fh.tell()
 
 
+def not_a_regular_file(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (following links): ``"a FIFO (named pipe)"``,
+    ``"a directory"``, ...; None for a regular file.  Checked before a file is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: opening it says so
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def _fmt_shape(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -100,6 +118,8 @@ def _check_header(key: str, shape: tuple, dtype: np.dtype) -> list[str]:
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
         return [f"dtype {dtype} is not numeric"]
     s = _fmt_shape(shape)
+    if 0 in shape:  # passes every shape check below, then crashes the loader or the model
+        return [f"shape {s} is empty (an axis of length 0): the array holds no values"]
     if key in ("image", "normal"):
         if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
             msgs.append(f"shape {s} is channels-first; expected channels-last (H, W, 3) "
@@ -261,6 +281,10 @@ def _validate_split(root: str, split: str, spec: MTANSpec, full: bool,
             if key not in indices:
                 continue
             path = os.path.join(folder, f"{i}.npy")
+            kind = not_a_regular_file(path)
+            if kind:  # opening a FIFO would block for ever, a device read for ever
+                problems.append(Problem(path, f"not a regular file ({kind}); expected a .npy file"))
+                continue
             try:
                 shape, dtype, offset = read_npy_header(path)
             except (OSError, ValueError, SyntaxError) as exc:

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from ..errors import UserError
+from ..errors import PluginError, UserError
 from ..noise import DEFAULT_NUISANCE, effective_sd, find_pairs
 from ..reference import learned_from_metrics
 from ..stats import PairedSummary, min_detectable_effect, summarize
@@ -399,6 +399,9 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         index = RecordIndex(RecordStore(records) if records is not None else RecordStore.scan(setting.out))
     notes = list(setting.notes)
     for bad in index.problems:
+        if bad.newer:  # not broken: left alone by sweeps too
+            notes.append(f"Skipped record {bad.path}: {bad.problem}.")
+            continue
         notes.append(f"Unreadable record {bad.path}: {bad.problem} (ignored here; `mtlbench sweep` moves "
                      f"it aside to <name>.corrupt-<time> and runs it again).")
     if seeds is None:
@@ -561,6 +564,8 @@ def input_blind_reference(setting: Setting, method: str, backbone: str, seed: in
         result = reference_for_dataset(dataset, log=lambda m: print(f"mtlbench: {m}", file=sys.stderr,
                                                                       flush=True))
         return result, dict(dataset.tasks()), ""
+    except PluginError:  # a broken plugin is named, not taken for missing files
+        raise
     except (UserError, OSError) as exc:
         msg = exc.message if isinstance(exc, UserError) else str(exc)
         return None, {}, f"the input-blind reference needs the dataset's files ({msg})"

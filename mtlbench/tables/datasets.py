@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UserError
+from ..errors import PluginError, UserError
 
 
 def dataset_class(name: str) -> type | None:
@@ -23,6 +23,8 @@ def dataset_class(name: str) -> type | None:
 
     try:
         return DATASETS.get(name)
+    except PluginError:  # a broken plugin is named, never taken for a name that is not registered
+        raise
     except UserError:
         return None
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import UserError
+from ..errors import PluginError, UserError
 from ..records import BadRecord, RecordStore, command_for, run_command, same_value, yaml_scalar
 from .datasets import needs_root, stand_in_options
 from .options import canonical_options, effective_overrides, options_key
@@ -181,6 +181,8 @@ class RecordIndex:
             try:
                 cfg = JobBuilder(setting).resolve(method, effective_overrides(method, overrides), backbone, seed)
                 self._expected[key] = cfg.data
+            except PluginError:
+                raise
             except UserError:
                 self._expected[key] = None
         return self._expected[key]
@@ -243,6 +245,8 @@ def _requires(method: str, overrides: dict, fallback: list[str]) -> list[str]:
 
     try:
         cls = METHODS.get(method)
+    except PluginError:
+        raise
     except UserError:
         return list(fallback)
     req = getattr(cls, "requires", None)
@@ -279,6 +283,8 @@ class JobBuilder:
         job = Job(method, effective_overrides(method, overrides), backbone, seed, sets=tuple(sets))
         try:
             job.config = self.resolve(method, job.overrides, backbone, seed, job.sets)
+        except PluginError:  # installed but broken: said, not planned around
+            raise
         except UserError as exc:  # e.g. a plugin that is not installed here
             job.config_error = exc.message
         if job.config is not None:
@@ -366,26 +372,43 @@ def _topological(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=level)
 
 
+#: the most seeds a ``--seeds`` list may name (each one is a run, or a record to look up)
+MAX_SEEDS = 1000
+
+
 def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
-    """``"0,1,2"`` or ``"0-2"`` -> ``[0, 1, 2]``; None stays None; an empty entry is an error."""
+    """``"0,1,2"`` or ``"0-2"`` -> ``[0, 1, 2]``; None stays None; an empty entry is an error, and
+    so are more than :data:`MAX_SEEDS` seeds and a seed above :data:`mtlbench.config.MAX_SEED`
+    (checked before a range is expanded)."""
+    from ..config import MAX_SEED
+    from ..errors import quote
+
     if text is None:
         return None
-    seeds: list[int] = []
+    seeds: set[int] = set()
     hint = f"write e.g. {flag} 0,1,2 or {flag} 0-4"
+    shown = quote(str(text), 100)
     for part in str(text).split(","):
         part = part.strip()
         if not part:
-            raise UserError(f"{flag} {text!r} has an empty entry", hint=hint)
+            raise UserError(f"{flag} {shown} has an empty entry", hint=hint)
         try:
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
-                seeds.extend(range(lo, hi + 1))
             else:
-                seeds.append(int(part))
+                lo = hi = int(part)
         except ValueError:
-            raise UserError(f"{flag} {text!r}: {part!r} is not a seed or a range of seeds", hint=hint) from None
-    if any(s < 0 for s in seeds):
-        raise UserError(f"{flag} {text!r} must name non-negative seeds", hint=f"e.g. {flag} 0,1,2")
-    return sorted(dict.fromkeys(seeds))
+            raise UserError(f"{flag} {shown}: {quote(part, 100)} is not a seed or a range of seeds",
+                            hint=hint) from None
+        if lo < 0:
+            raise UserError(f"{flag} {shown} must name non-negative seeds", hint=f"e.g. {flag} 0,1,2")
+        if hi > MAX_SEED:
+            raise UserError(f"{flag} {shown}: seed {hi} is above the largest seed, {MAX_SEED} (2^32 - 1)",
+                            hint=hint)
+        if hi - lo + 1 > MAX_SEEDS or len(seeds | set(range(lo, hi + 1))) > MAX_SEEDS:  # range: small here
+            raise UserError(f"{flag} {shown} names more than {MAX_SEEDS} seeds",
+                            hint=f"name at most {MAX_SEEDS} (each is a run of every row), e.g. {flag} 0-4")
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
+from ..errors import PluginError, UserError
 from .datasets import dataset_tasks
 
 SPEC_DIR = Path(__file__).parent
@@ -31,6 +31,8 @@ def display_name(dataset: str) -> str:
 
     try:
         return getattr(DATASETS.get(dataset), "display_name", "") or dataset
+    except PluginError:
+        raise
     except UserError:
         return dataset
 
@@ -188,9 +190,14 @@ def spec_path(ref: str | int, flag: str = "--id") -> Path:
 
 def load_spec(ref: str | int, flag: str = "--id") -> TableSpec:
     """Load and check a table spec: a number (``1``..``5``) or a path to a YAML file."""
+    from ..config import YAMLTooLarge, guarded_yaml_load
+
     path = spec_path(ref, flag)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = guarded_yaml_load(path.read_text(), yaml.SafeLoader) or {}
+    except YAMLTooLarge as exc:
+        raise UserError(f"table spec {path} is refused: {exc}",
+                        hint="write the values out; YAML anchors and aliases are for sharing a few values") from None
     except yaml.YAMLError as exc:
         raise UserError(f"table spec {path} is not valid YAML: {exc}") from exc
     try:
