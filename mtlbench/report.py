@@ -394,6 +394,7 @@ def build_report(*, out: str | Path = "results", site: str | Path = "docs/report
     for tid in ids or []:
         load_spec(tid, flag="--tables")  # an unknown table: a UserError naming the tables
     index = RecordIndex(store)
+    asked = ids  # None: the default (the tables with records), so the regenerating command names none
     if ids is None:
         ids = tables_with_records(index, preset=preset, dataset=dataset, data_root=data_root, out=out)
     specs, settings = {}, {}
@@ -416,7 +417,7 @@ def build_report(*, out: str | Path = "results", site: str | Path = "docs/report
         built[tid] = bt
     _clean_site(site)
     return _Writer(site, out, built, list(checkpoints), list(images), gallery_seed, say,
-                   dict(preset=preset, seeds=seeds, dataset=dataset, tables=ids)).write()
+                   dict(preset=preset, seeds=seeds, dataset=dataset, tables=asked)).write()
 
 
 class _Writer:
