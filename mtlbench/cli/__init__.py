@@ -17,7 +17,7 @@ from ..errors import UserError
 # subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
 SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
                "sweep": "sweep", "plot": "plot", "claims": "claims", "noise": "noise",
-               "pretrain": "pretrain"}
+               "pretrain": "pretrain", "report": "report"}
 
 
 class _Renamed(argparse.Action):

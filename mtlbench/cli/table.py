@@ -51,12 +51,12 @@ def register(sub) -> None:
     add_flag(p, "--table", "--id", required=True, metavar="N", help="table number (1-5) or a table spec YAML")
     add_table_flags(p)
     add_delta_ref_flag(p)
-    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex"],
-                   help="output format (default rich)")
+    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "html"],
+                   help="output format (default rich; html: the fragment `mtlbench report` puts on a page)")
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True,
                    help="show the paper's number beside each cell (default: yes)")
     p.add_argument("--save", metavar="FILE",
-                   help="also write the table to FILE (md, csv or latex; missing folders are created)")
+                   help="also write the table to FILE (md, csv, latex or html; missing folders are created)")
     p.add_argument("--compare", action="append", default=[], metavar="A,B",
                    help="print the paired Δ of row A against row B (row keys, e.g. okd,baseline): per seed, "
                         "mean ± 95%% CI and the verdict, instead of the table (repeatable)")

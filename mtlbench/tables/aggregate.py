@@ -49,6 +49,7 @@ class Cell:
     backbone: str
     seeds: list[int] = field(default_factory=list)  # seeds found
     per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> the record's metrics
+    records: dict[int, dict] = field(default_factory=dict)  # seed -> the record itself (the newest match)
     threads: dict[int, int | None] = field(default_factory=dict)  # seed -> the run's CPU threads (record)
     machine: dict[int, dict] = field(default_factory=dict)  # seed -> the record's device (type, amp, processor...)
     mean: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -445,6 +446,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
             if j is not None and j.recorded:
                 c.seeds.append(s)
                 c.per_seed[s] = j.records[0].get("metrics") or {}
+                c.records[s] = j.records[0]
                 dev = j.records[0].get("device") or {}
                 c.threads[s] = dev.get("threads") if dev.get("type") == "cpu" else None  # CPU runs only
                 c.machine[s] = dev

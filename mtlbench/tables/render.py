@@ -1,4 +1,4 @@
-"""Rendering a built table: Markdown, CSV, LaTeX (booktabs) and rich.
+"""Rendering a built table: Markdown, CSV, LaTeX (booktabs), rich and HTML.
 
 Every format shows, per row and backbone: the seeds found, each metric as
 mean ± sample std over those seeds, and Δ as ``mean ± half-width`` of its 95%
@@ -7,6 +7,9 @@ brackets (``[x]``; a dim second line in rich).  CSV holds the numbers in
 separate columns instead: ``delta``, ``delta_lo``, ``delta_hi``, ``delta_n``,
 ``verdict`` and ``delta_seed<S>`` (the per-seed Δs).  Markdown goes through
 ``DataFrame.to_markdown`` (tabulate), LaTeX through ``Styler.to_latex``.
+HTML (:func:`render_html`, what ``mtlbench report`` puts on a table's page) is a
+fragment without a page around it: the same cell strings as Markdown, marked up
+(the paper's number, †k and the verdict in their own spans and classes).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..reference import DEGENERATE_THRESHOLD
 from .aggregate import BLIND_LABEL, BuiltTable, Cell
 from .spec import Column, Row, Section
 
-FORMATS = ("rich", "md", "csv", "latex")
+FORMATS = ("rich", "md", "csv", "latex", "html")
 
 DASH = "–"
 
@@ -287,6 +290,78 @@ def render_latex(bt: BuiltTable, paper: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
+#: the CSS class of each verdict a table prints (HTML)
+VERDICT_CLASSES = {"better": "v-better", "worse": "v-worse", "no significant difference": "v-nsd",
+                   "too few seeds": "v-few", "reference": "v-ref"}
+
+
+def html_inline(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code> (the info line, legend, notes)."""
+    import html
+    import re
+
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+def _html_cell(text: str) -> str:
+    """One cell, marked up: ``ours †k [paper]`` with †k and [paper] in spans (same text content)."""
+    import html
+    import re
+
+    ours, sep, rest = text.partition(" [")
+    body = html.escape(ours, quote=False)
+    body = re.sub(r" (†\d+)", r' <span class="deg" title="degenerate in this many seeds: not better than '
+                              r'the input-blind reference">\1</span>', body)
+    if sep:
+        body += f'<span class="paper"> [{html.escape(rest, quote=False)}</span>'
+    return body
+
+
+def render_html(bt: BuiltTable, paper: bool = True) -> str:
+    """The table as an HTML fragment: the info line, one ``<table class="results">`` per section
+    (the cells of :func:`render_markdown`, verbatim in their text), the legend, the footer lines
+    (input-blind reference, †k, noise floor), the notes and the missing runs."""
+    import html
+
+    headers = _headers(bt)
+    nflags = len(bt.spec.flag_columns)
+    verdict_at = {i for i, h in enumerate(headers) if h.endswith("verdict")}
+    out = [f'<p class="info">{html_inline(_info_line(bt))}</p>']
+    for sec in bt.spec.sections:
+        out.append('<div class="scroll"><table class="results">')
+        if sec.title:
+            out.append(f"<caption>{html.escape(sec.title)}</caption>")
+        heads = [f'<th scope="col">{html.escape(h)}</th>' if i <= nflags else
+                 f'<th scope="col" class="num">{html.escape(h)}</th>' for i, h in enumerate(headers)]
+        out.append("<thead><tr>" + "".join(heads) + "</tr></thead>")
+        out.append("<tbody>")
+        for line in _body(bt, sec, paper):
+            blind = line[0] == BLIND_LABEL
+            cells = [f'<th scope="row">{html.escape(line[0])}</th>']
+            for i, c in enumerate(line[1:], 1):
+                if i in verdict_at:
+                    cls = VERDICT_CLASSES.get(c, "")
+                    cells.append(f'<td class="verdict {cls}">{html.escape(c)}</td>' if cls else
+                                 f'<td class="verdict">{html.escape(c)}</td>')
+                elif i <= nflags:
+                    cells.append(f'<td class="flag">{html.escape(c)}</td>')
+                else:
+                    cells.append(f'<td class="num">{_html_cell(c)}</td>')
+            out.append(('<tr class="blind">' if blind else "<tr>") + "".join(cells) + "</tr>")
+        out.append("</tbody></table></div>")
+    out.append(f'<p class="legend">{html_inline(_legend(bt, paper))}</p>')
+    out += [f'<p class="footer">{html_inline(f)}</p>' for f in footer_lines(bt)]
+    if bt.notes:
+        out.append('<h3>Notes</h3><ul class="notes">' + "".join(f"<li>{html_inline(n)}</li>" for n in bt.notes)
+                   + "</ul>")
+    miss = _missing_lines(bt)
+    if miss:
+        items = "".join(f"<li>{html_inline(m.split('. ', 1)[1])}</li>" for m in miss[1:])
+        out.append(f'<details class="missing"><summary>{html.escape(miss[0].rstrip(":"))}</summary>'
+                   f"<ol>{items}</ol></details>")
+    return "\n".join(out) + "\n"
+
+
 def render_rich(bt: BuiltTable, paper: bool = True, console=None) -> None:
     """Print the table with rich: one table per backbone and section, the paper's number under ours."""
     from rich.console import Console
@@ -337,9 +412,12 @@ def render_rich(bt: BuiltTable, paper: bool = True, console=None) -> None:
 
 
 def render(bt: BuiltTable, fmt: str = "md", paper: bool = True) -> str:
-    """The table as text: ``md``, ``csv``, ``latex``, or ``rich`` (rendered without colour)."""
+    """The table as text: ``md``, ``csv``, ``latex``, ``html`` (a fragment), or ``rich`` (rendered
+    without colour)."""
     if fmt == "md":
         return render_markdown(bt, paper)
+    if fmt == "html":
+        return render_html(bt, paper)
     if fmt == "csv":
         return render_csv(bt, paper)
     if fmt == "latex":
