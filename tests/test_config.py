@@ -284,7 +284,7 @@ def test_preset_in_a_file_is_checked_even_when_the_flag_wins(tmp_path):
         resolve(preset="smoke", config_file=str(f))
 
 
-@pytest.mark.parametrize("preset", ["quick", "smoke", "paper"])
+@pytest.mark.parametrize("preset", ["quick", "smoke", "paper", "standard"])
 def test_every_preset_resolves_within_the_declared_ranges(preset):
     from mtlbench.config import check_options
 
