@@ -516,6 +516,15 @@ class _DeepLabFactoryBase(BackboneFactory):
         return DeepLabV3Head(resnet_channels(self.cfg.width)[-1], task.channels, channels=self.cfg.aspp_channels,
                              rates=self.cfg.aspp_rates, dropout=self.cfg.head_dropout)
 
+    def mtan_encoder(self, tasks):
+        # the ``mtan`` architecture: MTAN's attention over this family's dilated ResNet
+        if any(n < 2 for n in self.cfg.blocks_per_stage):
+            raise UserError(f"architecture mtan is unsupported with backbone.blocks_per_stage "
+                            f"{list(self.cfg.blocks_per_stage)}: its attention reads each stage's "
+                            "all-but-last bottlenecks, so every stage needs at least 2",
+                            hint="e.g. --set backbone.blocks_per_stage=[2,2,2,2]")
+        return MTANEncoder(build_dilated_resnet(self.cfg), self.cfg.normalize, list(tasks))
+
     def default_amp(self, device_type: str) -> str:
         return "bf16" if device_type == "cuda" or (device_type == "cpu" and _cpu_has_bf16()) else "fp32"
 

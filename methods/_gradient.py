@@ -18,20 +18,24 @@ One step, for tasks i = 1..m with losses L_i, shared features z and heads h_i:
 3. stage 2, by ``grad_on``:
 
    * ``params`` (the methods as published): the Jacobian of (L_1..L_m) with
-     respect to the shared parameters θ_s (``Encoder.shared_parameters()``),
+     respect to the shared parameters θ_s (the architecture's
+     ``TaskModel.shared_parameters()``: on hard sharing ``Encoder.shared_parameters()``;
+     on Cross-Stitch the stitch matrices and every task's encoder; on single-task
+     networks none, so the gradient methods are undefined there and refuse),
      one row per task, by back-propagating the m feature gradients through the
      encoder (``torchjd.autojac.jac`` with ``jac_outputs``: at once, vectorised
      with ``torch.vmap``, or one task after another; ``jac_chunk_size``); the aggregator turns J (m x |θ_s|) into the shared
-     parameters' gradient.  Encoder parameters outside ``shared_parameters()``
+     parameters' gradient.  Parameters outside the heads and ``shared_parameters()``
      (MTAN's attention modules) are task-specific: they get the sum of the rows,
      i.e. their own task's gradient.  Cost: m encoder backward passes.
    * ``features`` (the cheap "rep-grad" variant of LibMTL; MGDA-UB, Sener and
      Koltun 2018, §3.3): J_z = [∂L_i/∂z] (m x |z|, the whole batch flattened) is
      aggregated into one feature gradient g_z, back-propagated through the
      encoder once: the encoder's gradient is ∂⟨z, g_z⟩/∂θ.  Cost: about the
-     baseline's.  Needs one shared representation: on encoders with
-     task-specific paths (MTAN: ``Features.final`` is a dict per task) building
-     the method says "unsupported"; use ``grad_on: params`` there.
+     baseline's.  Needs one shared representation (``TaskModel.shared_representation``):
+     on encoders with task-specific paths (MTAN: ``Features.final`` is a dict per
+     task) and on Cross-Stitch (each head reads its own network) building the
+     method says "unsupported"; use ``grad_on: params`` there.
 
 Aggregation runs in float32 whatever the autocast dtype.  For aggregators that
 weight J's rows by a function of the Gramian G = J Jᵀ (most of them), G is
@@ -130,28 +134,35 @@ class GradientMethod(Method):
                 f"the optional package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                 "(not installed)",
                 hint=f"install the solvers extra: {SOLVERS_HINT}")
+        where = self._network_name()
         if not self._shared_parameters():
-            raise UserError(f"method {name} is unsupported on the {type(self.model.encoder).__name__} "
-                            "encoder: it has no trainable shared parameters to aggregate gradients on",
-                            hint="gradient-based methods need a shared, trainable encoder")
-        if self.cfg.grad_on == "features":
-            specific = self._encoder_specific_parameters()
-            if specific:
-                enc = type(self.model.encoder).__name__
-                raise UserError(
-                    f"method {name} with method.grad_on=features is unsupported on the {enc} encoder: "
-                    f"it has task-specific paths ({len(specific)} parameter tensors outside "
-                    "Encoder.shared_parameters()), so its final features are one tensor per task "
-                    "and there is no single shared representation to aggregate gradients on",
-                    hint="use --set method.grad_on=params (the Jacobian on the shared parameters), "
-                         "or a backbone with one shared representation (e.g. --backbone deeplabv3)")
+            raise UserError(f"method {name} is unsupported on {where}: it has no trainable shared "
+                            "parameters to aggregate gradients on (nothing is shared, so there is no "
+                            "conflict between the tasks' gradients to resolve)",
+                            hint="gradient-based methods need a shared, trainable encoder: use "
+                                 "--set method.architecture=hard (or cross_stitch, mtan)")
+        if self.cfg.grad_on == "features" and not self.model.shared_representation:
+            raise UserError(
+                f"method {name} with method.grad_on=features is unsupported on {where}: "
+                "its tasks' heads read task-specific final features (one tensor per task), so there "
+                "is no single shared representation to aggregate gradients on",
+                hint="use --set method.grad_on=params (the Jacobian on the shared parameters), "
+                     "or hard sharing on a backbone with one shared representation (e.g. --backbone deeplabv3)")
         # Not a submodule: aggregators hold no parameters, and state_dict stays the network's.
         object.__setattr__(self, "aggregator", self.make_aggregator())
 
+    def _network_name(self) -> str:
+        """The network the method runs on, for messages: architecture and encoder."""
+        arch = getattr(type(self.architecture), "registry_name", type(self.architecture).__name__)
+        enc = getattr(self.model, "encoder", None)
+        return f"the {arch} architecture" + (f" ({type(enc).__name__} encoder)" if enc is not None else "")
+
     def _shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters the tasks' gradients are aggregated on: the architecture's shared ones
+        (:meth:`mtlbench.api.TaskModel.shared_parameters`; hard sharing: ``Encoder.shared_parameters``)."""
         seen: set[int] = set()
         out = []
-        for p in self.model.encoder.shared_parameters():
+        for p in self.model.shared_parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
                 out.append(p)
@@ -159,7 +170,7 @@ class GradientMethod(Method):
 
     def _encoder_specific_parameters(self) -> list[nn.Parameter]:
         shared = {id(p) for p in self._shared_parameters()}
-        return [p for p in self.model.encoder.parameters() if p.requires_grad and id(p) not in shared]
+        return [p for p in self.model.task_specific_parameters() if id(p) not in shared]
 
     # -- the step --------------------------------------------------------------
     def training_step(self, batch: dict) -> StepOutput:

@@ -118,7 +118,7 @@ class FAMO(Method):
 
     # -- what trains what ----------------------------------------------------
     def param_groups(self):
-        return [{"params": [p for n, p in self.named_parameters() if p.requires_grad and n != "logits"]}]
+        return self.network_groups([p for n, p in self.named_parameters() if p.requires_grad and n != "logits"])
 
     def optimizers(self):
         return [OptimizerSpec("model", self.param_groups()),

@@ -18,10 +18,13 @@ default) sets how strongly this restoring force acts.
 
 Choices and departures (the GradNorm paper, KD4MTL's and LibMTL's code):
 
-* ``shared_params: last`` (default, the paper): W = the encoder's last shared
-  layer (``Encoder.last_shared_parameters``; ViT: the last block's MLP output
-  projection).  ``all``: every shared encoder parameter, as LibMTL does; it
-  costs one extra encoder backward pass per task.
+* ``shared_params: last`` (default, the paper): W = the architecture's last
+  shared layer (``TaskModel.last_shared_parameters``; hard sharing: the
+  encoder's, ``Encoder.last_shared_parameters``, ViT: the last block's MLP
+  output projection; Cross-Stitch: every task network's own last shared layer,
+  each feeding every task through the last stitch).  ``all``: every shared
+  parameter, as LibMTL does; it costs one extra encoder backward pass per task.
+  On single-task networks nothing is shared and GradNorm is undefined (it refuses).
 * L_i(0) is the loss of the very first training step, as in KD4MTL.  The paper
   suggests the theoretical initial loss (log C for cross-entropy) where it is
   known; LibMTL trains epoch 0 with equal weights and uses its mean loss.
@@ -96,8 +99,8 @@ class GradNorm(Method):
     # -- what trains what ----------------------------------------------------
     def param_groups(self):
         # w is trained by its own optimiser on L_grad, never by the network's.
-        return [{"params": [p for n, p in self.named_parameters()
-                            if p.requires_grad and n != "task_weights"]}]
+        return self.network_groups([p for n, p in self.named_parameters()
+                                    if p.requires_grad and n != "task_weights"])
 
     def optimizers(self):
         return [OptimizerSpec("model", self.param_groups()),
@@ -105,26 +108,30 @@ class GradNorm(Method):
                               lr=self.cfg.weight_lr, weight_decay=0.0, scheduled=False)]
 
     def shared_layer(self) -> list[nn.Parameter]:
-        """W: the parameters whose per-task gradient norms GradNorm balances."""
-        enc = self.model.encoder
+        """W: the parameters whose per-task gradient norms GradNorm balances (the architecture's
+        last shared layer, ``TaskModel.last_shared_parameters``, or all its shared parameters)."""
+        model = self.model
+        enc = getattr(model, "encoder", None)
+        arch = getattr(type(self.architecture), "registry_name", type(self.architecture).__name__)
+        where = f"the {arch} architecture" + (f" ({type(enc).__name__} encoder)" if enc is not None else "")
         if self.cfg.shared_params == "all":
-            params = enc.shared_parameters()
+            params = model.shared_parameters()
         else:
             try:
-                params = enc.last_shared_parameters()
+                params = model.last_shared_parameters()
             except NotImplementedError:
                 raise UserError(
-                    f"gradnorm with method.shared_params=last is not supported by the "
-                    f"{type(enc).__name__} encoder: it does not name its last shared layer "
-                    "(Encoder.last_shared_parameters)",
+                    f"gradnorm with method.shared_params=last is unsupported on {where}: it does not "
+                    "name its last shared layer (Encoder.last_shared_parameters)",
                     hint="use --set method.shared_params=all, or implement "
                          "last_shared_parameters in the backbone") from None
         params = [p for p in params if p.requires_grad]
         if not params:
-            raise UserError(f"gradnorm with method.shared_params={self.cfg.shared_params} is not "
-                            f"supported here: the {type(enc).__name__} encoder has no trainable "
-                            "shared parameters to balance gradients on",
-                            hint="GradNorm needs a shared, trainable encoder layer")
+            raise UserError(f"gradnorm with method.shared_params={self.cfg.shared_params} is unsupported "
+                            f"on {where}: it has no trainable shared parameters to balance the tasks' "
+                            "gradient norms on",
+                            hint="GradNorm needs a shared, trainable layer: use "
+                                 "--set method.architecture=hard (or cross_stitch, mtan)")
         return params
 
     def current_weights(self) -> dict[str, float]:

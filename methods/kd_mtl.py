@@ -49,7 +49,10 @@ Departures and choices:
 * The official code picks the STL checkpoint with the lowest training loss;
   here the teacher is the ``stl`` run's final checkpoint.
 
-The deployable model is the multi-task network alone.
+The deployable model is the multi-task network alone: the run's architecture
+(``method.architecture``) where the student has one encoder to distil into
+(hard sharing, MTAN); on single-task networks and Cross-Stitch the method is
+undefined and refuses (README, "Two axes").
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import Encoder, Method, OptimizerSpec, StepOutput, TrainContext, count_parameters
+from mtlbench.api import Encoder, Method, MultiTaskNet, OptimizerSpec, StepOutput, TrainContext, count_parameters
 from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
@@ -127,7 +130,14 @@ class KDMTL(Method):
                             hint="key method.lambdas by task name, e.g. "
                                  "--set method.lambdas={semseg: 1, depth: 1, normal: 2}")
         self.lambdas = {t: float(self.cfg.lambdas.get(t, 1.0)) for t in self.task_names}
-        self.model = self.make_network(self.task_names)
+        self.model = self.make_model()  # the student: the run's architecture
+        if not isinstance(self.model, MultiTaskNet):
+            arch = getattr(type(self.architecture), "registry_name", type(self.architecture).__name__)
+            raise UserError(f"kd_mtl on the {arch} architecture is unsupported: KD-MTL distils every "
+                            "teacher into the one encoder of a multi-task student (its last per-layer "
+                            f"feature, through a per-task adaptor), and {arch} builds "
+                            f"{type(self.model).__name__}, which has no such encoder",
+                            hint="use --set method.architecture=hard (or mtan on a DeepLabV3 backbone)")
         # One teacher encoder per task, built exactly as `stl` builds its networks' encoders,
         # so the stl checkpoint's weights load strictly.
         self.teachers = nn.ModuleDict({t: self.backbone.encoder([t]) for t in self.task_names})
@@ -149,7 +159,7 @@ class KDMTL(Method):
 
     def param_groups(self) -> list[dict]:
         # Only the multi-task network: teachers are frozen, adaptors have their own optimiser.
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        return self.network_groups([p for p in self.model.parameters() if p.requires_grad])
 
     def optimizers(self) -> list[OptimizerSpec]:
         return [OptimizerSpec("model", self.param_groups()),

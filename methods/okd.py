@@ -106,6 +106,12 @@ network runs, and ``backward`` differentiates its loss and L_AFD.  Peak memory
 is one single-task graph or the multi-task graph, not all N_t + 1 at once.
 With ``train.grad_clip`` set, each network's gradient is clipped on its own
 (``clip_groups``).
+
+The multi-task network is the run's architecture (``method.architecture``)
+where AFD has one shared feature per layer to distil into (hard sharing,
+MTAN); on single-task networks and Cross-Stitch OKD-MTL is undefined and
+refuses (README, "Two axes").  The single-task networks are always the
+backbone's own.
 """
 from __future__ import annotations
 
@@ -117,7 +123,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.api import Method, OptimizerSpec, StepOutput, TaskNetworks, TrainContext
+from mtlbench.api import Method, MultiTaskNet, OptimizerSpec, StepOutput, TaskNetworks, TrainContext
 from mtlbench.config import option
 from mtlbench.errors import UserError
 from mtlbench.registry import METHODS
@@ -291,7 +297,14 @@ class OKD(Method):
     def build(self) -> None:
         cfg = self.cfg
         self.opts = cfg.resolved()
-        self.model = self.make_network(self.task_names)  # the deployable multi-task network
+        self.model = self.make_model()  # the deployable multi-task network: the run's architecture
+        if not isinstance(self.model, MultiTaskNet):
+            arch = getattr(type(self.architecture), "registry_name", type(self.architecture).__name__)
+            raise UserError(f"okd on the {arch} architecture is unsupported: OKD-MTL's AFD (Eq. 2) "
+                            "distils the single-task networks' features into the one shared feature "
+                            "of each layer of a multi-task encoder, and "
+                            f"{arch} builds {type(self.model).__name__}, which has no such encoder",
+                            hint="use --set method.architecture=hard (or mtan on a DeepLabV3 backbone)")
         self.stl = TaskNetworks({t: self.make_network([t]) for t in self.task_names})
         n_layers = self.model.encoder.num_layers
         if cfg.afd != "none" and n_layers == 0:

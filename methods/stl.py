@@ -1,17 +1,19 @@
-"""Single-task learning: one independent network (backbone + head) per task.
+"""Single-task learning: one independent network (backbone + head) per task, a pair alias.
 
-The paper's "Single Task" row (Jacob et al., WACV 2023, §4.0.2).  All N
-networks train in one run on the same batches; since they share nothing, the
-sum of their losses gives each network exactly its own task's gradient.  Each
-task's metrics come from its own network.  The checkpoint of an ``stl`` run is
-what KD-MTL's teachers and OKD-MTL's pretrained-AFD ablation load
+The paper's "Single Task" row (Jacob et al., WACV 2023, §4.0.2): equal weights
+on the ``single_task`` architecture (mtlbench/architectures/single_task.py).
+All N networks train in one run on the same batches; since they share nothing,
+the sum of their losses gives each network exactly its own task's gradient.
+Each task's metrics come from its own network.  The checkpoint of an ``stl``
+run is what KD-MTL's teachers and OKD-MTL's pretrained-AFD ablation load
 (:func:`mtlbench.runs.load_trained_method`); ``nets[task]`` is task's network.
+``--method baseline --set method.architecture=single_task`` resolves to ``stl``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtlbench.api import Method, StepOutput, TaskNetworks
+from mtlbench.api import Method
 from mtlbench.registry import METHODS
 
 
@@ -26,21 +28,9 @@ class STL(Method):
 
     Config = STLConfig
     summary = "single-task networks: one backbone + head per task, trained side by side"
-
-    def build(self):
-        self.model = TaskNetworks({t: self.make_network([t]) for t in self.task_names})
+    fixed_architecture = "single_task"
+    alias_of = "baseline"
 
     @property
     def nets(self):
         return self.model.nets
-
-    def clip_groups(self):
-        # independent networks: train.grad_clip bounds each one's gradient on its own
-        return [[p for p in net.parameters() if p.requires_grad] for net in self.nets.values()]
-
-    def training_step(self, batch):
-        x = batch["image"]
-        losses = {}
-        for t, net in self.nets.items():
-            losses.update(self.task_losses(net(x), batch))
-        return StepOutput(losses=losses, loss=sum(losses.values()))

@@ -71,7 +71,7 @@ class UncertaintyWeighting(Method):
         s_group = {"params": [self.log_vars], "weight_decay": 0.0}
         if self.cfg.s_lr is not None:
             s_group["lr"] = self.cfg.s_lr
-        return [{"params": net}, s_group]
+        return [*self.network_groups(net), s_group]
 
     def effective_weights(self) -> dict[str, float]:
         """The factor each task's loss is multiplied by: c_k · e^(-s_k)."""

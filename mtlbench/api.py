@@ -1,4 +1,4 @@
-"""The contracts between the core and its plugins: backbones and methods.
+"""The contracts between the core and its plugins: backbones, architectures and methods.
 
 Backbones
 ---------
@@ -10,6 +10,21 @@ map, and its final features, shared by all tasks or one per task (MTAN).
 A head maps final features to a task's prediction at the input resolution.
 Encoders also run layer by layer (``begin`` / ``layer`` / ``end``), which is
 what Cross-Stitch uses to link several networks.
+
+Architectures
+-------------
+A run has two axes: its *architecture*, how the task networks share (hard
+sharing, single-task networks, Cross-Stitch, MTAN), and its *weighting*, how
+the task losses or gradients are combined (the method).  An architecture
+plugin is an :class:`Architecture` subclass registered in ``ARCHITECTURES``
+(:mod:`mtlbench.architectures`), with a ``Config`` of its own options; it
+builds a :class:`TaskModel` from the backbone's encoders and heads.  A method
+reads its architecture from ``method.architecture`` (default ``hard``; the
+architecture's options sit beside the method's in the ``method`` section) and
+builds the network through :meth:`Method.make_model`; what a weighting asks of
+the network (the heads, each task's final features, the parameters several
+tasks share, parameter groups of their own) is the :class:`TaskModel`
+contract, so a weighting never asks which architecture it runs on.
 
 Methods
 -------
@@ -210,6 +225,12 @@ class BackboneFactory:
         raise UserError(f"backbone {type(self).__name__} has no pretraining objective",
                         hint="pretrain a backbone that defines pretraining_model (vit_tiny)")
 
+    def mtan_encoder(self, tasks: Sequence[str]) -> Encoder:
+        """An encoder with MTAN's per-task attention (Liu et al., CVPR 2019) over this backbone's
+        shared network, for the ``mtan`` architecture.  A backbone without such a variant leaves
+        this unimplemented, and MTAN is undefined on it."""
+        raise NotImplementedError
+
     def provenance(self) -> dict:
         """What the run's record should say about where the weights came from (e.g. the
         pretraining artefact's identity); empty when they start from scratch."""
@@ -232,11 +253,68 @@ class BackboneFactory:
                 hint=f"choose sizes that are multiples of {m}, e.g. --set dataset.image_size=[96,128]")
 
 
-class MultiTaskNet(nn.Module):
+# ---------------------------------------------------------------------------
+# architectures: the networks they build
+# ---------------------------------------------------------------------------
+
+class TaskModel(nn.Module):
+    """What an architecture builds: ``forward(x) -> {task: prediction}``, and what weightings ask of it.
+
+    Besides ``forward``, a task model has ``heads`` (``{task: head}``, each head reached by its
+    task alone) and ``forward_with_final(x) -> (predictions, {task: the final features its head
+    read})``.  The hooks below have defaults for a model whose every non-head parameter is shared.
+    """
+
+    #: whether every task's head reads one and the same final feature tensor (the gradient
+    #: methods' ``grad_on: features`` needs it)
+    shared_representation: bool = False
+
+    def _head_ids(self) -> set[int]:
+        return {id(p) for h in self.heads.values() for p in h.parameters()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters outside the heads that several tasks' losses reach: where the
+        gradient methods aggregate the tasks' gradients (empty: nothing is shared)."""
+        heads = self._head_ids()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in heads]
+
+    def task_specific_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters outside the heads that one task's loss alone reaches (MTAN's
+        attention modules, single-task networks' encoders): each gets its own task's gradient."""
+        shared = {id(p) for p in self.shared_parameters()} | self._head_ids()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer's parameters (GradNorm's W); empty when nothing is shared."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser groups of some of the model's parameters with options of their own (e.g.
+        Cross-Stitch's stitch matrices with their ``lr_mult``); :meth:`Method.network_groups`
+        splits them off the network's group.  Default: none."""
+        return []
+
+    def independent_parts(self) -> list[list[nn.Parameter]] | None:
+        """Sets of parameters that share nothing (single-task networks): ``train.grad_clip``
+        bounds each one's gradient on its own.  None: the model is one system."""
+        return None
+
+    def epoch_logs(self) -> dict[str, Any]:
+        """Scalars or small matrices to record after every epoch (Cross-Stitch's α)."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """What the run record's ``method_info`` should say about the architecture."""
+        return {}
+
+
+class MultiTaskNet(TaskModel):
     """An encoder and one head per task: ``forward(x) -> {task: prediction}``.
 
     Used for the multi-task model (all tasks) and for single-task networks
-    (one task) alike.
+    (one task) alike.  As a :class:`TaskModel`, the encoder says what is shared
+    (``Encoder.shared_parameters``: all of it, or MTAN's trunk without its
+    attention modules).
     """
 
     def __init__(self, encoder: Encoder, heads: dict[str, nn.Module]):
@@ -262,9 +340,25 @@ class MultiTaskNet(nn.Module):
         z = {t: feats.for_task(t) for t in self.heads}
         return {t: head(z[t], size) for t, head in self.heads.items()}, z
 
+    @property
+    def shared_representation(self) -> bool:
+        return not self.task_specific_parameters()
 
-class TaskNetworks(nn.Module):
-    """Independent networks, one per task, presented as one multi-task model."""
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.shared_parameters() if p.requires_grad]
+
+    def task_specific_parameters(self) -> list[nn.Parameter]:
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in shared]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return self.encoder.last_shared_parameters()
+
+
+class TaskNetworks(TaskModel):
+    """Independent networks, one per task, presented as one multi-task model.
+
+    As a :class:`TaskModel`: nothing is shared; each network is an independent part."""
 
     def __init__(self, nets: dict[str, MultiTaskNet]):
         super().__init__()
@@ -275,6 +369,57 @@ class TaskNetworks(nn.Module):
         for net in self.nets.values():
             out.update(net(x))
         return out
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t for net in self.nets.values() for t in net.task_names]
+
+    @property
+    def heads(self) -> dict[str, nn.Module]:
+        return {t: h for net in self.nets.values() for t, h in net.heads.items()}
+
+    def forward_with_final(self, x: torch.Tensor):
+        preds, z = {}, {}
+        for net in self.nets.values():
+            p, f = net.forward_with_final(x)
+            preds.update(p)
+            z.update(f)
+        return preds, z
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def independent_parts(self) -> list[list[nn.Parameter]]:
+        return [[p for p in net.parameters() if p.requires_grad] for net in self.nets.values()]
+
+
+@dataclass
+class ArchitectureConfig:
+    """Base of architecture configs (no options)."""
+
+
+class Architecture:
+    """An architecture plugin: how the task networks share (see "Architectures" above).
+
+    ``Config``: its options, validated in the ``method`` section beside the method's own
+    (their names must not clash); ``build`` makes the :class:`TaskModel` for ``task_names``
+    from the backbone factory's encoders and heads.  A pair that cannot be built (Cross-Stitch
+    on encoders that cannot be stitched, MTAN on a backbone without an MTAN variant) raises a
+    :class:`~mtlbench.errors.UserError` saying "unsupported" and why.
+    """
+
+    Config: ClassVar[type] = ArchitectureConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def build(self, backbone: "BackboneFactory", tasks: dict[str, Task],
+              task_names: Sequence[str]) -> TaskModel:
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------
@@ -385,13 +530,24 @@ class Method(nn.Module):
     #: the row Δ is measured against when a run ends (the paper's equal-weight
     #: baseline sets it); at most one registered method should
     is_delta_reference: ClassVar[bool] = False
+    #: the architecture this method always runs on, which makes it a *pair alias* (``stl``: equal
+    #: weights on ``single_task``; its ``Config`` holds the architecture's options, and it has no
+    #: ``method.architecture``); None: the run chooses (``method.architecture``, default ``hard``)
+    fixed_architecture: ClassVar[str | None] = None
+    #: of a pair alias: the method (weighting) it runs, so that the config resolver spells that
+    #: weighting on ``fixed_architecture`` by the alias's name (one computation, one run identity)
+    alias_of: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any, tasks: dict[str, Task], backbone: BackboneFactory):
         super().__init__()
+        from .architectures import architecture_for
+
         self.cfg = cfg
         self.tasks = dict(tasks)
         self.task_names = list(tasks)
         self.backbone = backbone
+        #: the run's architecture plugin (not a module: it holds no parameters)
+        self.architecture: Architecture = architecture_for(type(self), cfg)
         self.build()
 
     @classmethod
@@ -410,9 +566,15 @@ class Method(nn.Module):
         enc = self.backbone.encoder(list(task_names))
         return MultiTaskNet(enc, {t: self.backbone.head(self.tasks[t]) for t in task_names})
 
+    def make_model(self, task_names: Sequence[str] | None = None) -> TaskModel:
+        """The run's architecture for ``task_names`` (default: all): the network a weighting trains."""
+        names = list(self.task_names if task_names is None else task_names)
+        return self.architecture.build(self.backbone, self.tasks, names)
+
     def build(self) -> None:
-        """Build the trainable system. Default: one shared-encoder multi-task network."""
-        self.model = self.make_network(self.task_names)
+        """Build the trainable system. Default: the run's architecture over all tasks
+        (:meth:`make_model`; hard sharing: one shared-encoder multi-task network)."""
+        self.model = self.make_model()
 
     def deployable(self) -> nn.Module:
         """The multi-task model to evaluate, count and time: ``f(x) -> {task: pred}``."""
@@ -424,7 +586,23 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """Parameter groups of the run's own optimiser (the default ``optimizers()``)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        return self.network_groups([p for p in self.parameters() if p.requires_grad])
+
+    def network_groups(self, params: Sequence[nn.Parameter]) -> list[dict]:
+        """``params`` as optimiser groups: one group, less the parameters the architecture puts in
+        groups of their own (:meth:`TaskModel.parameter_groups`, e.g. Cross-Stitch's stitch
+        matrices), which follow it.  A method overriding ``param_groups`` passes its network
+        parameters through here, so any architecture's groups survive."""
+        model = getattr(self, "model", None)
+        special = model.parameter_groups() if isinstance(model, TaskModel) else []
+        mine = {id(p) for p in params}
+        taken = {id(p) for g in special for p in g["params"]}
+        out = [{"params": [p for p in params if id(p) not in taken]}]
+        for g in special:
+            ps = [p for p in g["params"] if id(p) in mine]
+            if ps:
+                out.append({**g, "params": ps})
+        return out
 
     def optimizers(self) -> list[OptimizerSpec]:
         """Every optimiser the method needs (see :class:`OptimizerSpec` and the step rule).
@@ -437,11 +615,30 @@ class Method(nn.Module):
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Sets of parameters whose gradient norm ``train.grad_clip`` bounds, each on its own.
 
-        Default: one set per optimiser.  A method that trains independent networks
-        side by side (``stl``, OKD-MTL) returns one set per network, so a gradient
-        spike in one does not shrink the others' steps.
+        Default: one set per optimiser, split along the architecture's independent parts
+        (:meth:`TaskModel.independent_parts`: single-task networks), so a gradient spike in
+        one network does not shrink the others' steps.  A method that trains independent
+        networks of its own beside (OKD-MTL) returns one set per network.
         """
-        return [spec.parameters() for spec in self.optimizers()]
+        model = getattr(self, "model", None)
+        parts = model.independent_parts() if isinstance(model, TaskModel) else None
+        groups = []
+        for spec in self.optimizers():
+            params = spec.parameters()
+            if not parts:
+                groups.append(params)
+                continue
+            ids = {id(p) for p in params}
+            placed: set[int] = set()
+            for part in parts:
+                sub = [p for p in part if id(p) in ids]
+                placed |= {id(p) for p in sub}
+                if sub:
+                    groups.append(sub)
+            rest = [p for p in params if id(p) not in placed]
+            if rest:
+                groups.append(rest)
+        return groups
 
     def compile_modules(self) -> list[nn.Module]:
         """The modules ``train.compile`` compiles: every encoder's ``compile_units`` and every
@@ -521,6 +718,19 @@ class Method(nn.Module):
     def summary_info(self) -> dict[str, Any]:
         """Anything to add to the run record at the end (e.g. final weights)."""
         return {}
+
+    # -- the architecture's records (the trainer merges them with the method's) --------
+    def architecture_logs(self) -> dict[str, Any]:
+        """The architecture's epoch logs (:meth:`TaskModel.epoch_logs`), recorded beside
+        ``on_epoch_end``'s."""
+        model = getattr(self, "model", None)
+        return model.epoch_logs() if isinstance(model, TaskModel) else {}
+
+    def architecture_info(self) -> dict[str, Any]:
+        """The architecture's part of ``method_info`` (:meth:`TaskModel.info`), beside
+        ``summary_info``'s."""
+        model = getattr(self, "model", None)
+        return model.info() if isinstance(model, TaskModel) else {}
 
 
 def count_parameters(module: nn.Module) -> int:

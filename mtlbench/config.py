@@ -447,12 +447,19 @@ def _registry(kind: str):
     return {"method": METHODS, "backbone": BACKBONES, "dataset": DATASETS}[kind]
 
 
-def plugin_config_class(kind: str, name: str) -> type:
+def plugin_config_class(kind: str, name: str, section: dict | None = None) -> type:
+    """The dataclass a plugin section is validated against.  For ``method``: the method's
+    ``Config`` joined with ``method.architecture`` and the options of the architecture that
+    ``section`` names (:func:`mtlbench.architectures.method_config_class`)."""
     obj = _registry(kind).get(name)
     cfg_cls = getattr(obj, "Config", None)
     if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
         raise UserError(f"{kind} plugin {name!r} has no Config dataclass",
                         hint="a plugin class must define `Config = SomeDataclass`")
+    if kind == "method":
+        from .architectures import method_config_class
+
+        return method_config_class(obj, section)
     return cfg_cls
 
 
@@ -593,7 +600,7 @@ class Layers:
             except UserError as exc:
                 raise UserError(f"{key} (from {origin}): {exc}") from None
             if new != section.get("name"):
-                fields = {f.name for f in dataclasses.fields(plugin_config_class(top, new))}
+                fields = {f.name for f in dataclasses.fields(plugin_config_class(top, new, dict(section)))}
                 dropped = [k for k in section if k != "name" and k not in fields]
                 # A preset's keys of the old plugin go quietly; the user's would vanish in silence.
                 mine = [k for k in dropped if not _quiet_origin(self.origin.get(f"{top}.{k}", "defaults"))]
@@ -828,7 +835,7 @@ def _section_class(section: str, sec: dict) -> type | None:
     if section == "train":
         return TrainConfig
     try:
-        return plugin_config_class(section, sec.get("name"))
+        return plugin_config_class(section, sec.get("name"), dict(sec))
     except PluginError:  # a broken plugin: said, not taken for one this install lacks
         raise
     except Exception:  # a plugin this install lacks, or a broken record: nothing to drop
@@ -883,11 +890,12 @@ def finalize(layers: Layers, sources: list[str] | None = None) -> ResolvedConfig
         raise UserError(f"seed (from {layers.origin.get('seed', '?')}) must be an integer from 0 to "
                         f"{MAX_SEED} (2^32 - 1), got {quote(seed)}",
                         hint="the per-epoch shuffle seeds are derived from it and must stay within 64 bits")
+    _spell_pair_alias(data["method"], layers.origin)
     objs = {}
     full = {"seed": seed, "preset": data.get("preset")}
     for section in PLUGIN_SECTIONS:
         name = data[section]["name"]
-        cls = plugin_config_class(section, name)
+        cls = plugin_config_class(section, name, data[section])
         obj = build_dataclass(cls, data[section], section, layers.origin)
         objs[section] = obj
         full[section] = {"name": name, **dataclasses.asdict(obj)}
@@ -895,6 +903,23 @@ def finalize(layers: Layers, sources: list[str] | None = None) -> ResolvedConfig
     full["train"] = dataclasses.asdict(train)
     return ResolvedConfig(full, dict(layers.origin), objs["method"], objs["backbone"],
                           objs["dataset"], train, list(sources or []))
+
+
+def _spell_pair_alias(section: dict, origins: dict[str, str]) -> None:
+    """A weighting on an architecture that a pair alias runs (baseline on cross_stitch) is spelt
+    by the alias's name (``cross_stitch``), so one computation has one run identity."""
+    from .architectures import ARCHITECTURE_KEY, DEFAULT_ARCHITECTURE, canonical_architecture, pair_alias
+
+    if ARCHITECTURE_KEY not in section:
+        return
+    where = f"method.architecture (from {origins.get('method.architecture', '?')})"
+    arch = section[ARCHITECTURE_KEY] = canonical_architecture(section[ARCHITECTURE_KEY], where)
+    if arch == DEFAULT_ARCHITECTURE:
+        return
+    alias = pair_alias(section.get("name"), arch)
+    if alias is not None:
+        del section[ARCHITECTURE_KEY]
+        section["name"] = alias
 
 
 def resolve(*, preset: str | None = None, config_file: str | None = None,

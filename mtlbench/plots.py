@@ -199,7 +199,7 @@ def method_options(rec: dict) -> dict:
 
 def uses_method_defaults(rec: dict) -> bool:
     """Whether a run used its method's default settings (the method as proposed)."""
-    defaults = method_defaults(rec.get("method", ""))
+    defaults = method_defaults(rec.get("method", ""), method_options(rec).get("architecture"))
     if defaults is None:  # an uninstalled plugin: no way to tell
         return False
     used = method_options(rec)
@@ -220,7 +220,7 @@ def family_of(rec: dict) -> str:
 
 def run_label(rec: dict, fields: Sequence[str] = ()) -> str:
     """``method (non-default options) · backbone · seed S`` (plus ``fields``: "dataset", "preset")."""
-    defaults = method_defaults(rec.get("method", "")) or {}
+    defaults = method_defaults(rec.get("method", ""), method_options(rec).get("architecture")) or {}
     changed = {k: v for k, v in method_options(rec).items() if k in defaults and defaults[k] != v}
     extra = ", ".join(f"{k}={v}" for k, v in changed.items())
     label = f"{rec.get('method')}{f' ({extra})' if extra else ''} · {rec.get('backbone')} · seed {rec.get('seed')}"

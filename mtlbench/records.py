@@ -535,23 +535,31 @@ def newest_first(records: Iterable[dict]) -> list[dict]:
 # method options of records
 # ---------------------------------------------------------------------------
 
-_DEFAULTS_CACHE: dict[str, dict | None] = {}
+_DEFAULTS_CACHE: dict[tuple, dict | None] = {}
 _NEUTRAL_CACHE: dict[str, frozenset] = {}
 
 
-def method_defaults(method: str) -> dict | None:
-    """The default options of a registered method, or None when it is not registered."""
-    if method not in _DEFAULTS_CACHE:
-        from .registry import METHODS
+def _method_config(method: str, architecture: Any = None) -> type:
+    """The config class of a registered method on ``architecture`` (None: the default one)."""
+    from .config import plugin_config_class
 
+    return plugin_config_class("method", method, {} if architecture is None else {"architecture": architecture})
+
+
+def method_defaults(method: str, architecture: Any = None) -> dict | None:
+    """The default options of a registered method on ``architecture`` (None: the default,
+    hard sharing; the architecture's options join the method's), or None when the method or
+    the architecture is not registered."""
+    key = (method, architecture if isinstance(architecture, str) or architecture is None else repr(architecture))
+    if key not in _DEFAULTS_CACHE:
         try:
-            cls = METHODS.get(method).Config
-            _DEFAULTS_CACHE[method] = dict(dataclasses.asdict(cls()))
+            cls = _method_config(method, architecture)
+            _DEFAULTS_CACHE[key] = dict(dataclasses.asdict(cls()))
         except PluginError:  # a broken plugin is named, never taken for one that is not registered
             raise
         except (UserError, TypeError, AttributeError):
-            _DEFAULTS_CACHE[method] = None
-    return _DEFAULTS_CACHE[method]
+            _DEFAULTS_CACHE[key] = None
+    return _DEFAULTS_CACHE[key]
 
 
 def neutral_options(method: str) -> frozenset:
@@ -559,11 +567,10 @@ def neutral_options(method: str) -> frozenset:
     a record lacking one counts as having its default."""
     if method not in _NEUTRAL_CACHE:
         from .config import option_check
-        from .registry import METHODS
 
         names: set[str] = set()
         try:
-            for f in dataclasses.fields(METHODS.get(method).Config):
+            for f in dataclasses.fields(_method_config(method)):
                 check = option_check(f)
                 if check is not None and not check.hash_default:
                     names.add(f.name)
@@ -578,7 +585,7 @@ def neutral_options(method: str) -> frozenset:
 def stale_options(record_options: dict, method: str) -> list[str]:
     """Options of the registered method that the record lacks and that are not backward
     compatible: a record lacking any predates a change of the method (empty: none)."""
-    defaults = method_defaults(method)
+    defaults = method_defaults(method, record_options.get("architecture"))
     if defaults is None:
         return []
     have = set(record_options) - {"name"}
@@ -587,8 +594,9 @@ def stale_options(record_options: dict, method: str) -> list[str]:
 
 
 def canonical_options(method: str, overrides: dict) -> dict:
-    """A method's full options with ``overrides`` set (defaults filled in when it is registered)."""
-    return {**(method_defaults(method) or {}), **overrides}
+    """A method's full options with ``overrides`` set (defaults filled in when it is registered;
+    those of the architecture that ``overrides`` names, if any, too)."""
+    return {**(method_defaults(method, overrides.get("architecture")) or {}), **overrides}
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -606,7 +614,8 @@ def options_match(record_options: dict, method: str, overrides: dict) -> bool:
     matches nothing.  For a method not registered here only ``overrides`` are checked."""
     if stale_options(record_options, method):
         return False
-    have = {**(method_defaults(method) or {}), **{k: v for k, v in record_options.items() if k != "name"}}
+    have = {**(method_defaults(method, record_options.get("architecture")) or {}),
+            **{k: v for k, v in record_options.items() if k != "name"}}
     want = canonical_options(method, overrides)
     return all(k in have and same_value(have[k], v) for k, v in want.items())
 

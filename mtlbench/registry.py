@@ -1,8 +1,9 @@
-"""One registry class for methods, backbones and datasets.
+"""One registry class for methods, backbones, datasets and architectures.
 
 Built-in plugins register with a decorator (``@METHODS.register("okd")``).
 Third-party packages declare entry points in the groups ``mtlbench.methods``,
-``mtlbench.backbones`` and ``mtlbench.datasets``; those are loaded lazily, the
+``mtlbench.backbones``, ``mtlbench.datasets`` and ``mtlbench.architectures``;
+those are loaded lazily, the
 first time a registry is looked up.  A duplicate name is an error naming both
 origins; an unknown name is an error listing close matches and every name.  A
 plugin that fails to import is an error on every lookup of its registry, not
@@ -220,6 +221,9 @@ def _entry_points(group: str):
 METHODS = Registry("method", "mtlbench.methods", ("mtlbench.methods",))
 BACKBONES = Registry("backbone", "mtlbench.backbones", ("mtlbench.backbones",))
 DATASETS = Registry("dataset", "mtlbench.datasets", ("mtlbench.data",))
+#: how the task networks share (hard sharing, single-task, Cross-Stitch, MTAN): the second axis of a
+#: run beside its weighting (the method), chosen by ``method.architecture`` (mtlbench.architectures)
+ARCHITECTURES = Registry("architecture", "mtlbench.architectures", ("mtlbench.architectures",))
 
 
 def __getattr__(name: str) -> Any:

@@ -596,7 +596,7 @@ class Training:
         epoch_time = time.perf_counter() - t0
         self.train_time += epoch_time
         mean_losses = {t: v / max(n_steps, 1) for t, v in sums.items()}
-        elogs = method.on_epoch_end(epoch, mean_losses) or {}
+        elogs = {**method.architecture_logs(), **(method.on_epoch_end(epoch, mean_losses) or {})}
         entry = {"epoch": epoch, "train_loss": mean_losses, "lr": self.optim.lr(),
                  "time_s": round(epoch_time, 3), "data_s": round(data_time, 3),
                  "images_per_s": round(n_steps * self.tcfg.batch_size / max(epoch_time, 1e-9), 2),
@@ -719,7 +719,7 @@ class Training:
                     "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile),
                     # what decides the floating-point reduction order on a CPU (tables check pairs on it)
                     "processor": processor_model(), "cpu_capability": cpu_capability()},
-            method_info=method.summary_info())
+            method_info={**method.architecture_info(), **method.summary_info()})
         # where the backbone's starting weights came from (a pretraining artefact's identity), if not scratch
         init = s.factory.provenance() if s.factory is not None else {}
         if init:

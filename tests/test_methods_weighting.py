@@ -239,7 +239,7 @@ def test_gradnorm_unsupported_backbone_says_so(monkeypatch):
         raise NotImplementedError
 
     monkeypatch.setattr(TinyEncoder, "last_shared_parameters", missing)
-    with pytest.raises(UserError, match="(?s)not supported.*shared_params=all"):
+    with pytest.raises(UserError, match="(?s)unsupported.*shared_params=all"):
         make("gradnorm", nyu_tasks())
 
 

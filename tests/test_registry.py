@@ -221,7 +221,8 @@ def test_third_party_method_with_its_own_optimiser_and_figure_runs_end_to_end(tm
                      "--quiet", "--out", str(out), "--set", "method.scale_lr=0.1"]) == 0
         rec_path = next((out / "runs").rglob("thirdparty_scaled/*.json"))
         rec = json.loads(rec_path.read_text())
-        assert rec["config"]["method"] == {"name": "thirdparty_scaled", "scale_lr": 0.1}
+        # a third-party weighting gets the architecture axis too (hard sharing by default)
+        assert rec["config"]["method"] == {"name": "thirdparty_scaled", "scale_lr": 0.1, "architecture": "hard"}
         final = torch.load(out / rec["checkpoint"], weights_only=False)["model"]
         # the trainer stepped the plugin's own optimiser: 2 Adam steps of lr 0.1 move each scale
         assert torch.all(final["log_scale"].abs() > 0.05), final["log_scale"]

@@ -375,7 +375,8 @@ def test_neutral_options_read_the_config_declaration(monkeypatch):
     monkeypatch.setitem(METHODS._entries, "tmp_neutral", Entry("tmp_neutral", Tmp, "test", "", ()))
     monkeypatch.setattr(records_mod, "_NEUTRAL_CACHE", {})
     monkeypatch.setattr(records_mod, "_DEFAULTS_CACHE", {})
-    assert records_mod.neutral_options("tmp_neutral") == {"b"}
+    # every weighting also has method.architecture, backward compatible at its default (hard)
+    assert records_mod.neutral_options("tmp_neutral") == {"b", "architecture"}
     assert options_match({"name": "tmp_neutral", "a": 1}, "tmp_neutral", {})  # b added later: default
     assert not options_match({"name": "tmp_neutral", "b": "x"}, "tmp_neutral", {})  # a missing: stale
 

@@ -1,13 +1,13 @@
-"""``mtlbench list [methods|backbones|datasets|presets]``: what is registered, with origins."""
+"""``mtlbench list [methods|architectures|backbones|datasets|presets]``: what is registered, with origins."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("list", help="list registered methods, backbones and datasets")
+    p = sub.add_parser("list", help="list registered methods, architectures, backbones and datasets")
     p.add_argument("kind", nargs="?", default="all",
-                   choices=["all", "methods", "backbones", "datasets", "presets"])
+                   choices=["all", "methods", "architectures", "backbones", "datasets", "presets"])
     p.set_defaults(func=main)
 
 
@@ -16,10 +16,10 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..config import available_presets
-    from ..registry import BACKBONES, DATASETS, METHODS
+    from ..registry import ARCHITECTURES, BACKBONES, DATASETS, METHODS
 
     console = Console()
-    regs = {"methods": METHODS, "backbones": BACKBONES, "datasets": DATASETS}
+    regs = {"methods": METHODS, "architectures": ARCHITECTURES, "backbones": BACKBONES, "datasets": DATASETS}
     kinds = list(regs) if args.kind == "all" else [args.kind] if args.kind in regs else []
     for kind in kinds:
         table = Table(title=kind)

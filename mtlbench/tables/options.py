@@ -31,7 +31,7 @@ __all__ = ["canonical_options", "effective_overrides", "method_defaults", "optio
 
 def effective_overrides(method: str, overrides: dict) -> dict:
     """The overrides that differ from the method's defaults (all of them when it is unregistered)."""
-    defaults = method_defaults(method)
+    defaults = method_defaults(method, overrides.get("architecture"))
     if defaults is None:
         return dict(overrides)
     return {k: v for k, v in overrides.items() if k not in defaults or not same_value(defaults[k], v)}
