@@ -91,6 +91,12 @@ def test_contract(method, backbone, results_dir):
             build(cfg)
         assert "unsupported" in str(err.value).lower(), str(err.value)
         return
+    check_contract(cfg, results_dir)
+
+
+def check_contract(cfg, results_dir):
+    """The whole contract for one resolved config (also run per weighting x architecture by
+    tests/test_architectures.py)."""
     s = build(cfg)
     m = s.method
     epochs = 100
