@@ -330,3 +330,14 @@ def test_cli_refuses_undefined_pairs_with_exit_2(argv, what, tmp_path, capsys):
     assert rc == 2
     assert what in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.json"))
+
+
+def test_sweeps_order_the_requirements_of_a_weighting_on_any_architecture():
+    """Method.requires gets the joined config (method.architecture and the architecture's options):
+    KD-MTL's teachers are planned before it on MTAN as on hard sharing."""
+    from mtlbench.tables.plan import _requires
+
+    assert _requires("kd_mtl", {}, []) == ["stl"]
+    assert _requires("kd_mtl", {"architecture": "mtan"}, []) == ["stl"]
+    assert _requires("okd", {"architecture": "mtan", "teachers": "pretrained"}, []) == ["stl"]
+    assert _requires("uw", {"architecture": "cross_stitch", "groups": 2}, []) == []

@@ -252,9 +252,16 @@ def _requires(method: str, overrides: dict, fallback: list[str]) -> list[str]:
     req = getattr(cls, "requires", None)
     if req is None:
         return list(fallback)
+    from ..config import plugin_config_class
+
     try:
-        return list(req(cls.Config(**canonical_options(method, overrides))))
-    except (TypeError, ValueError):
+        # the method's Config joined with its architecture's (method.architecture and its options)
+        arch = overrides.get("architecture")
+        cfg_cls = plugin_config_class("method", method, {} if arch is None else {"architecture": arch})
+        return list(req(cfg_cls(**canonical_options(method, overrides))))
+    except PluginError:
+        raise
+    except (TypeError, ValueError, UserError):
         return list(fallback)
 
 
