@@ -525,7 +525,7 @@ class Training:
             # what is drawn from here on is the pair's nuisance stream (the data order has its
             # own generator, seeded from `seed` in train_loader)
             seed_everything(nuisance_stream_seed(cfg.seed, tcfg.nuisance_seed))
-        self.steplog = StepLog(paths.steps_tmp, steps_size)
+        self.steplog = StepLog(paths.steps_tmp, steps_size, finished=paths.steps)
         from .trackers import Trackers
 
         self.trackers = Trackers(tcfg.loggers, paths.out / "trackers" / paths.rel, cfg.data,

@@ -9,7 +9,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by commands that resolve a run config (run, sweep)."""
     p.add_argument("--dataset", help="dataset name (default: the preset's; `mtlbench list datasets`)")
     p.add_argument("--data-root", metavar="DIR", help="data directory of a real dataset")
-    p.add_argument("--preset", help="quick (default) | smoke | paper")
+    p.add_argument("--preset", help="quick (default) | smoke | standard | paper | script (mtlbench/presets)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
