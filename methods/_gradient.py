@@ -293,11 +293,9 @@ class GradientMethod(Method):
         from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
         agg = self.aggregator
-        gram = sum(b @ b.T for b in blocks)
-        if sharded_columns:
-            if not isinstance(agg, GramianWeightedAggregator):  # refused in build already
-                raise UserError(f"{type(agg).__name__} cannot aggregate columns sharded over processes")
-            gram = distributed.all_reduce_sum(gram) / float(distributed.world().size) ** 2
+        if sharded_columns and not isinstance(agg, GramianWeightedAggregator):  # refused in build already
+            raise UserError(f"{type(agg).__name__} cannot aggregate columns sharded over processes")
+        gram = self.gramian(blocks, sharded_columns)
         if isinstance(agg, GramianWeightedAggregator):
             weights = agg.gramian_weighting(gram)
             return [weights.to(b.dtype) @ b for b in blocks], weights, gram
@@ -309,6 +307,16 @@ class GradientMethod(Method):
             weights = None
             vec = agg(J)
         return list(vec.split([b.shape[1] for b in blocks])), weights, gram
+
+    @staticmethod
+    def gramian(blocks: list[torch.Tensor], sharded_columns: bool = False) -> torch.Tensor:
+        """``J Jᵀ`` summed over the column blocks; with ``sharded_columns`` (see :meth:`aggregate`)
+        the global batch's, from every process's shard (an override of :meth:`aggregate` that
+        weights J's rows from the Gramian takes it from here)."""
+        gram = sum(b @ b.T for b in blocks)
+        if sharded_columns:
+            gram = distributed.all_reduce_sum(gram) / float(distributed.world().size) ** 2
+        return gram
 
     def _logs(self, weights: torch.Tensor | None, gram: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
         names = self.task_names

@@ -297,9 +297,24 @@ class SyncBatchNorm(nn.BatchNorm2d):
     Same parameters and buffers as :class:`torch.nn.BatchNorm2d`, so state dicts and
     checkpoints are interchangeable."""
 
+    @property
+    def synchronised(self) -> bool:
+        """Whether a forward now normalises over every process's shard (a module that checks
+        its batch size for BatchNorm, such as ASPP's image pooling, asks this)."""
+        return self.training and active()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and active()):
+        if not self.synchronised:
             return super().forward(x)
+        import warnings
+
+        with warnings.catch_warnings():
+            # deprecated in favour of a private module (_functional_collectives); still the
+            # public differentiable all_reduce
+            warnings.simplefilter("ignore", FutureWarning)
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch.distributed.nn.functional import all_reduce
 
         dims = [0] + list(range(2, x.dim()))

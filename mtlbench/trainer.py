@@ -794,6 +794,12 @@ class Training:
             metrics = {k: evaluate(m, s.tasks, self.val_loader, self.device, s.amp, s.channels_last)
                        for k, m in self.method.eval_models().items()}
         metrics = distributed.broadcast_object(metrics)
+        if self.world.active:
+            # rank 0's evaluation drew from the global random streams (a DataLoader without a
+            # generator draws its base seed there), as a single process does: every process
+            # continues from rank 0's streams, so they stay one stream (RLW's weights, dropout)
+            _set_rng_state({k: v for k, v in distributed.broadcast_object(_rng_state()).items()
+                            if k != "cuda"})
         bad = _finite_metrics(metrics)
         if bad:
             raise self._diverged(f"the evaluation metric {bad[0]} is {_metric_value(metrics, bad[0])}", epoch)

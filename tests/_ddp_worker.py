@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -65,10 +66,13 @@ def main(spec_path: str) -> int:
     world = distributed.init("cpu")
     for job in spec["jobs"]:
         result: dict = {"ok": True}
+        t0 = time.perf_counter()
         try:
             run_job(job)
         except UserError as exc:  # refusals the test expects; the world is still consistent
             result = {"error": str(exc), "type": type(exc).__name__}
+        if os.environ.get("MTLBENCH_TEST_TIMES"):
+            print(f"job {job['name']}: {time.perf_counter() - t0:.2f}s", flush=True)
         results = Path(spec["results"])
         results.mkdir(parents=True, exist_ok=True)
         (results / f"rank{world.rank}-{job['name']}.json").write_text(json.dumps(result))
