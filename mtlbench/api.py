@@ -35,7 +35,9 @@ it never asks which method it runs.
   latency use; ``eval_models()`` may add more models to evaluate separately;
 * state: parameters and buffers through ``state_dict``; anything else (loss
   history) through ``extra_state`` / ``load_extra_state``;
-* ``figures()``: figures the method draws from its records (``mtlbench plot``).
+* ``figures()``: figures the method draws from its records (``mtlbench plot``);
+* ``data_parallel`` / ``data_parallel_problem(cfg)``: whether the method may train over
+  several processes (:mod:`mtlbench.distributed`; the trainer refuses it otherwise).
 
 The step rule
 -------------

@@ -160,6 +160,13 @@ def shutdown() -> None:
 # collectives (no-ops in a single process)
 # ---------------------------------------------------------------------------
 
+def comm_device() -> torch.device:
+    """Where this backend's collectives take their tensors: NCCL's on this process's GPU."""
+    if _WORLD.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
     if active():
         import torch.distributed as dist
@@ -210,7 +217,7 @@ def mean_floats(values: dict[str, float]) -> dict[str, float]:
     if not active() or not values:
         return dict(values)
     keys = list(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=comm_device())
     all_reduce_mean_([t])
     return dict(zip(keys, t.tolist()))
 
@@ -237,7 +244,7 @@ def reduce_gradients(params: Iterable[nn.Parameter]) -> None:
     params = list({id(p): p for p in params}.values())
     if not params:
         return
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=comm_device())
     has = all_reduce_sum(has)
     for p, h in zip(params, has.tolist()):
         if h > 0 and p.grad is None:

@@ -15,7 +15,7 @@ both runs, and Adam with eps 1e-8 divides that noise by its own size, turning it
 the full learning rate in unrelated directions (7e-4 apart after 2 steps, measured); eps 1e-3
 leaves real gradients' steps almost unchanged and noise's negligible.  What remains is the
 last-bit difference grown over a few steps; the measured maxima (in the final report and
-docs/BENCHMARKS.md) are 10-100x below the tolerance, while any real mistake (a loss averaged
+docs/BENCHMARKS.md, 1e-7 to 6e-6) are 10-400x below the tolerance, while any real mistake (a loss averaged
 per shard instead of over the batch, a gradient summed instead of averaged, a Jacobian
 aggregated before averaging, one shard's samples missed) moves weights by 1e-4 to 1e-2.
 """
