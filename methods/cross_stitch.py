@@ -144,6 +144,7 @@ class CrossStitch(Method):
 
     Config = CrossStitchConfig
     summary = "Cross-Stitch: one network per task, learnable T x T mixing after each layer group"
+    data_parallel = True  # the networks and the stitch matrices: gradients the core averages
 
     def build(self):
         nets: dict[str, MultiTaskNet] = {}

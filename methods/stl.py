@@ -26,6 +26,7 @@ class STL(Method):
 
     Config = STLConfig
     summary = "single-task networks: one backbone + head per task, trained side by side"
+    data_parallel = True  # every network's gradient is averaged by the core
 
     def build(self):
         self.model = TaskNetworks({t: self.make_network([t]) for t in self.task_names})

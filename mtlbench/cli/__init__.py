@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv  # the command line as given (`run --nproc` starts its processes with it)
     previous = _handle_sigterm()
     try:
         rc = args.func(args)
@@ -140,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"mtlbench: error: {exc}", file=sys.stderr)
+        import os
+
+        # a data-parallel run: every process reports (an error may be one process's alone)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = "" if rank == "0" else f" (process {rank})"
+        print(f"mtlbench: error{where}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
