@@ -455,9 +455,10 @@ class ImagePooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(F.adaptive_avg_pool2d(x, 1))
-        if self.training and y.shape[0] == 1:
+        if self.training and y.shape[0] == 1 and not getattr(self.bn, "synchronised", False):
             # One value per channel: batch statistics are undefined (BatchNorm
             # raises), so a batch of one (a last partial batch) uses the running ones.
+            # (A BatchNorm synchronised over processes sees the global batch: at least 2.)
             y = F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight,
                              self.bn.bias, training=False, eps=self.bn.eps)
         else:

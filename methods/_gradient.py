@@ -67,6 +67,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mtlbench import distributed
 from mtlbench.api import Method, StepOutput
 from mtlbench.config import option
 from mtlbench.errors import UserError
@@ -106,6 +107,10 @@ class GradientMethod(Method):
     """
 
     Config: ClassVar[type] = GradientConfig
+    # data parallel: the Jacobian rows (grad_on=params) are averaged over the processes before
+    # aggregation; with grad_on=features the Gramian is summed over the processes' shards
+    # (Gramian-based aggregators only; the others are refused when built)
+    data_parallel = True
     #: modules the aggregator needs beyond torchjd (checked when the method is built)
     requires_packages: ClassVar[tuple[str, ...]] = ()
 
@@ -150,6 +155,18 @@ class GradientMethod(Method):
                      "or hard sharing on a backbone with one shared representation (e.g. --backbone deeplabv3)")
         # Not a submodule: aggregators hold no parameters, and state_dict stays the network's.
         object.__setattr__(self, "aggregator", self.make_aggregator())
+        if self.cfg.grad_on == "features" and distributed.active():
+            from torchjd.aggregation import GramianWeightedAggregator
+
+            if not isinstance(self.aggregator, GramianWeightedAggregator):
+                raise UserError(
+                    f"method {name} with method.grad_on=features cannot train over "
+                    f"{distributed.world().size} processes: its aggregator "
+                    f"({type(self.aggregator).__name__}) is not a function of the Gramian of the "
+                    "feature gradients, so it would need every sample's feature gradients in one "
+                    "process (not implemented)",
+                    hint="use --set method.grad_on=params (the Jacobian on the shared parameters, "
+                         "averaged over the processes), or train in one process")
 
     def _network_name(self) -> str:
         """The network the method runs on, for messages: architecture and encoder."""
@@ -214,9 +231,14 @@ class GradientMethod(Method):
         if self.cfg.grad_on == "features":
             rep = reps[0]
             J = torch.stack(feat_grads).flatten(1).float()
-            (g,), weights, gram = self.aggregate([J])
+            (g,), weights, gram = self.aggregate([J], sharded_columns=distributed.active())
             torch.autograd.backward(rep, g.view_as(rep).to(rep.dtype))
             own = self.head_weights(weights)
+            if distributed.active():
+                # for the logs: the norm of the global batch's aggregated feature gradient (this
+                # process's columns are its shard's, N times the global ones: global_means)
+                n = distributed.world().size
+                g = distributed.all_reduce_sum(g.detach().pow(2).sum()).sqrt().reshape(1) / n
         else:
             from torchjd.autojac import jac
 
@@ -229,6 +251,9 @@ class GradientMethod(Method):
             jacs = jac(reps, inputs, jac_outputs=jac_outputs, retain_graph=False,
                        parallel_chunk_size=self._chunk_size(out.extra.get("vmap_ok", False)))
             blocks = [j.reshape(m, -1).float() for j in jacs[:len(shared)]]
+            # data parallel: each process's rows are its share of the global batch's (N times,
+            # see mtlbench.distributed.global_means); their mean is the global Jacobian
+            distributed.all_reduce_mean_(blocks)
             grads, weights, gram = self.aggregate(blocks)
             _accumulate(shared, [g.view_as(p).to(p.dtype) for g, p in zip(grads, shared)])
             own = self.head_weights(weights)
@@ -265,18 +290,23 @@ class GradientMethod(Method):
         return None if vmap_ok else 1
 
     # -- aggregation -------------------------------------------------------------
-    def aggregate(self, blocks: list[torch.Tensor]
+    def aggregate(self, blocks: list[torch.Tensor], sharded_columns: bool = False
                   ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
         """Aggregate a Jacobian given as column blocks ``[m, n_k]`` (float32).
 
         Returns each block's aggregated gradient ``[n_k]``, the weights of J's
         rows if the aggregator combines rows linearly (else None) and the
-        Gramian ``J Jᵀ``.
+        Gramian ``J Jᵀ``.  ``sharded_columns`` (data parallel, ``grad_on=features``): each
+        process holds its shard's columns, N times the global batch's; the Gramian is
+        then summed over the processes (and divided by N²), and each process's blocks
+        are weighted by the global weights (Gramian-based aggregators only).
         """
         from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
         agg = self.aggregator
-        gram = sum(b @ b.T for b in blocks)
+        if sharded_columns and not isinstance(agg, GramianWeightedAggregator):  # refused in build already
+            raise UserError(f"{type(agg).__name__} cannot aggregate columns sharded over processes")
+        gram = self.gramian(blocks, sharded_columns)
         if isinstance(agg, GramianWeightedAggregator):
             weights = agg.gramian_weighting(gram)
             return [weights.to(b.dtype) @ b for b in blocks], weights, gram
@@ -288,6 +318,16 @@ class GradientMethod(Method):
             weights = None
             vec = agg(J)
         return list(vec.split([b.shape[1] for b in blocks])), weights, gram
+
+    @staticmethod
+    def gramian(blocks: list[torch.Tensor], sharded_columns: bool = False) -> torch.Tensor:
+        """``J Jᵀ`` summed over the column blocks; with ``sharded_columns`` (see :meth:`aggregate`)
+        the global batch's, from every process's shard (an override of :meth:`aggregate` that
+        weights J's rows from the Gramian takes it from here)."""
+        gram = sum(b @ b.T for b in blocks)
+        if sharded_columns:
+            gram = distributed.all_reduce_sum(gram) / float(distributed.world().size) ** 2
+        return gram
 
     def _logs(self, weights: torch.Tensor | None, gram: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
         names = self.task_names

@@ -23,3 +23,4 @@ class Baseline(Method):
     Config = BaselineConfig
     summary = "equal-weight MTL baseline: shared backbone, Σ L_i (the paper's reference row)"
     is_delta_reference = True  # the paper measures every row's Δ against this one
+    data_parallel = True  # a sum of task losses: the core's averaging is all it needs

@@ -29,6 +29,7 @@ class CrossStitch(Method):
     summary = "Cross-Stitch: one network per task, learnable T x T mixing after each layer group (EW)"
     fixed_architecture = "cross_stitch"
     alias_of = "baseline"
+    data_parallel = True  # the networks and the stitch matrices: gradients the core averages
 
     @property
     def stitch_layers(self) -> list[int]:

@@ -60,6 +60,7 @@ class DWA(Method):
 
     Config = DWAConfig
     summary = "Dynamic Weight Average (Liu et al., CVPR 2019): weights from each task's loss-descent rate"
+    data_parallel = True  # the epoch means it sees are of global-batch losses, the same everywhere
 
     def build(self):
         super().build()

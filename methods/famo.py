@@ -108,6 +108,8 @@ class FAMO(Method):
 
     Config = FAMOConfig
     summary = "FAMO (Liu et al., NeurIPS 2023): softmax task weights learned from log-loss decrease, 1 backward"
+    # the losses before and after the step are the global batch's: ξ's gradient is the same everywhere
+    data_parallel = True
 
     def build(self):
         super().build()

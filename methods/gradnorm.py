@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mtlbench import distributed
 from mtlbench.api import Method, OptimizerSpec, StepOutput
 from mtlbench.config import option
 from mtlbench.errors import UserError
@@ -88,6 +89,9 @@ class GradNorm(Method):
     """GradNorm (Chen et al., ICML 2018): learned weights equalise the tasks' training rates."""
 
     Config = GradNormConfig
+    # data parallel: ∇_W L_i is averaged over the processes before its norm is taken (the
+    # global batch's gradient norm), so w's gradient, and w, are the same everywhere
+    data_parallel = True
     summary = "GradNorm (Chen et al., ICML 2018): learned weights balance gradient norms on the shared layer"
 
     def build(self):
@@ -168,6 +172,7 @@ class GradNorm(Method):
                 continue
             # ‖∇_W L_i‖: z's gradient run back into W alone (autograd prunes the rest).
             gw = torch.autograd.grad(z[t], W, grad_outputs=gz, retain_graph=True, allow_unused=True)
+            distributed.all_reduce_mean_([g for g in gw if g is not None])
             sq = [g.float().pow(2).sum() for g in gw if g is not None]
             norms.append(torch.stack(sq).sum().sqrt() if sq else torch.zeros((), device=w.device))
             key = id(z[t])

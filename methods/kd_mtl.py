@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench import distributed
 from mtlbench.api import Encoder, Method, MultiTaskNet, OptimizerSpec, StepOutput, TrainContext, count_parameters
 from mtlbench.config import option
 from mtlbench.errors import UserError
@@ -116,6 +117,7 @@ class KDMTL(Method):
 
     Config = KDMTLConfig
     summary = "KD-MTL: MTL net + distillation from frozen `stl` teachers via 1x1 adaptors (run stl first)"
+    data_parallel = True  # the distillation losses are the global batch's (distributed.global_mean)
 
     @classmethod
     def requires(cls, cfg: KDMTLConfig) -> list[str]:
@@ -202,7 +204,8 @@ class KDMTL(Method):
             if adapted.shape[-2:] != target.shape[-2:]:
                 adapted = F.interpolate(adapted, size=target.shape[-2:], mode="bilinear",
                                         align_corners=False)
-            distill[t] = distillation_loss(adapted, target)
+            # a mean over the shard's samples; data parallel: the global batch's (distributed)
+            distill[t] = distributed.global_mean(distillation_loss(adapted, target), x.shape[0])
         total = sum(losses.values()) + sum(self.lambdas[t] * distill[t] for t in self.task_names)
         logs = {f"distill/{t}": float(d.detach()) for t, d in distill.items()}
         return StepOutput(losses=losses, loss=total, logs=logs, extra={"distill": distill})

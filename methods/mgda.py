@@ -139,10 +139,10 @@ class MGDA(GradientMethod):
         fw = Aggregator(epsilon=self.cfg.epsilon, max_iters=self.cfg.max_iters)
         return fw if self.cfg.solver == "frank_wolfe" else _exact_aggregator(fw)
 
-    def aggregate(self, blocks):
+    def aggregate(self, blocks, sharded_columns=False):
         if self.cfg.normalization == "none":
-            return super().aggregate(blocks)
-        gram = sum(b @ b.T for b in blocks)
+            return super().aggregate(blocks, sharded_columns)
+        gram = self.gramian(blocks, sharded_columns)  # data parallel: the global batch's
         n = normalizers(gram, getattr(self, "step_losses", None), self.cfg.normalization)
         inv = 1.0 / n
         alpha = self.aggregator.gramian_weighting(gram * inv[:, None] * inv[None, :])

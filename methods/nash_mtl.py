@@ -75,12 +75,12 @@ class NashMTL(GradientMethod):
         alpha = self.aggregator.weighting.prvs_alpha
         return torch.as_tensor(alpha, dtype=torch.float32)
 
-    def aggregate(self, blocks):
+    def aggregate(self, blocks, sharded_columns=False):
         with warnings.catch_warnings():
             # cvxpy notes on every new problem that Nash-MTL's parametrised problem is not
             # DPP (so it is re-compiled at each solve); true, known, and not actionable here.
             warnings.filterwarnings("ignore", message=".*not DPP.*")
-            return super().aggregate(blocks)
+            return super().aggregate(blocks, sharded_columns)
 
     def extra_state(self):
         w = self.aggregator.weighting

@@ -123,6 +123,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench import distributed
 from mtlbench.api import Method, MultiTaskNet, OptimizerSpec, StepOutput, TaskNetworks, TrainContext
 from mtlbench.config import option
 from mtlbench.errors import UserError
@@ -281,6 +282,9 @@ class OKD(Method):
     Config = OKDConfig
     summary = ("OKD-MTL (the paper's method): N single-task nets train online beside the "
                "MTL net; adaptive feature distillation + online task weighting (profiles script|text)")
+    # every network (single-task ones included) is trained by gradients the core averages; the
+    # single-task, multi-task and AFD losses are the global batch's (task_losses, global_mean)
+    data_parallel = True
 
     @classmethod
     def requires(cls, cfg: OKDConfig) -> list[str]:
@@ -468,7 +472,7 @@ class OKD(Method):
         for t, net in self.stl_nets.items():
             with torch.enable_grad() if train_stl else torch.no_grad():
                 preds, feats = net(x, return_features=True) if want_feats else (net(x), None)
-                loss = self.tasks[t].loss(preds[t], batch[t])
+                loss = self.task_losses({t: preds[t]}, batch)[t]  # data parallel: the global batch's
             if train_stl:
                 # The step rule: back-propagate this network's own loss now, so its
                 # graph is freed before the next network runs.
@@ -501,6 +505,9 @@ class OKD(Method):
         if want_feats:
             l_afd = afd_loss([feats.layers[l] for l in self.afd_layers], stl_feats, self.afd_weights(),
                              normalize=self.opts["afd_features"] == "normalized")
+            # a mean over the shard's samples (per layer, over a fixed number of elements each);
+            # data parallel: the global batch's
+            l_afd = distributed.global_mean(l_afd, x.shape[0])
             total = total + l_afd
         else:
             l_afd = total.new_zeros(())

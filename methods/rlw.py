@@ -43,6 +43,8 @@ class RLW(Method):
 
     Config = RLWConfig
     summary = "Random Loss Weighting (Lin et al., 2021): λ = softmax(N(0, I)), new every step"
+    # every process draws λ from the same seeded stream: the same weights everywhere
+    data_parallel = True
 
     def loss_weights(self, losses):
         # Python floats: no gradient through λ and no host-device copy of the weights.

@@ -30,6 +30,7 @@ class STL(Method):
     summary = "single-task networks: one backbone + head per task, trained side by side"
     fixed_architecture = "single_task"
     alias_of = "baseline"
+    data_parallel = True  # every network's gradient is averaged by the core
 
     @property
     def nets(self):

@@ -58,6 +58,7 @@ class UncertaintyWeighting(Method):
 
     Config = UWConfig
     summary = "Uncertainty Weighting (Kendall et al., CVPR 2018): learned log-variances weigh the losses"
+    data_parallel = True  # s_k's gradient comes from the global losses; averaged like the rest
 
     def build(self):
         super().build()

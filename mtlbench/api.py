@@ -50,7 +50,9 @@ it never asks which method it runs.
   latency use; ``eval_models()`` may add more models to evaluate separately;
 * state: parameters and buffers through ``state_dict``; anything else (loss
   history) through ``extra_state`` / ``load_extra_state``;
-* ``figures()``: figures the method draws from its records (``mtlbench plot``).
+* ``figures()``: figures the method draws from its records (``mtlbench plot``);
+* ``data_parallel`` / ``data_parallel_problem(cfg)``: whether the method may train over
+  several processes (:mod:`mtlbench.distributed`; the trainer refuses it otherwise).
 
 The step rule
 -------------
@@ -537,6 +539,15 @@ class Method(nn.Module):
     #: of a pair alias: the method (weighting) it runs, so that the config resolver spells that
     #: weighting on ``fixed_architecture`` by the alias's name (one computation, one run identity)
     alias_of: ClassVar[str | None] = None
+    #: verified under data-parallel training (:mod:`mtlbench.distributed`): its update over N
+    #: processes equals the single-process update on the global batch.  The trainer refuses
+    #: to run a method without it over several processes (:meth:`data_parallel_problem`).
+    #: What the core does for every method: losses from :meth:`task_losses` carry the
+    #: global batch's value, and every gradient is averaged over the ranks after
+    #: ``backward``; a method that computes other batch means uses
+    #: :func:`mtlbench.distributed.global_mean`, and one whose update is not linear in the
+    #: gradients (the gradient methods, GradNorm) averages what it needs before using it.
+    data_parallel: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, tasks: dict[str, Task], backbone: BackboneFactory):
         super().__init__()
@@ -559,6 +570,23 @@ class Method(nn.Module):
         them first.
         """
         return []
+
+    @classmethod
+    def data_parallel_problem(cls, cfg: Any) -> str | None:
+        """Why this method with ``cfg`` cannot train over several processes (None: it can).
+
+        Default: None when the class sets :attr:`data_parallel`; override to refuse some
+        configurations only (e.g. an option whose data-parallel form is not implemented).
+        A weighting on an architecture other than hard sharing (``method.architecture``) is
+        refused: only the pair aliases (``stl``, ``cross_stitch``) were checked over several
+        processes, and an architecture changes what a gradient method calls shared."""
+        arch = getattr(cfg, "architecture", None)
+        if cls.fixed_architecture is None and arch not in (None, "hard"):
+            return (f"it runs on the {arch!r} architecture (method.architecture), and only hard "
+                    f"sharing and the pair aliases were verified under data-parallel training")
+        if cls.data_parallel:
+            return None
+        return "it has not been verified under data-parallel training (Method.data_parallel is not set)"
 
     # -- building ----------------------------------------------------------
     def make_network(self, task_names: Sequence[str]) -> MultiTaskNet:
@@ -664,7 +692,17 @@ class Method(nn.Module):
 
     # -- the step ------------------------------------------------------------
     def task_losses(self, preds: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        return {t: self.tasks[t].loss(preds[t], batch[t]) for t in preds}
+        """Each task's loss on the batch.  Under data-parallel training each is the loss of the
+        *global* batch (the same value on every rank; its gradient this rank's share, see
+        :func:`mtlbench.distributed.global_means`), weighted by :meth:`Task.loss_count`."""
+        losses = {t: self.tasks[t].loss(preds[t], batch[t]) for t in preds}
+        from . import distributed
+
+        if not distributed.active():
+            return losses
+        names = list(losses)
+        counts = [self.tasks[t].loss_count(preds[t], batch[t]) for t in names]
+        return dict(zip(names, distributed.global_means([losses[t] for t in names], counts)))
 
     def loss_weights(self, losses: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
         """Per-task loss weights for this step (default: 1 for every task)."""

@@ -304,6 +304,10 @@ class TrainConfig:
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
     # experiment trackers that mirror the run's scalars (mtlbench.trackers); a runtime choice
     loggers: list[str] = option(default_factory=list, choices=TRACKERS, example=["tensorboard"])
+    # data-parallel runs (torchrun, --nproc): BatchNorm layers normalise with the statistics of the
+    # global batch (mtlbench.distributed.SyncBatchNorm), so N processes compute what one does;
+    # false: each process's shard alone (faster, a different computation); no effect in one process
+    sync_batchnorm: bool = option(True, hash_default=False)
 
 
 #: the built-in defaults: seed, preset and which plugins run when nothing says otherwise;

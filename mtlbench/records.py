@@ -75,6 +75,12 @@ def _atomic_target(path: Path) -> Iterator[str]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if exc.filename is None or exc.filename == tmp:  # name the file the user knows
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -92,11 +98,78 @@ def atomic_write_json(path: Path, obj: Any) -> None:
                                          default=_json_default) + "\n").encode())
 
 
+class _WriteErrors:
+    """A binary file for :func:`torch.save` that keeps the first :class:`OSError` of a write.
+
+    torch's zip writer turns a failed write (a full disk, a quota) into ``RuntimeError: ...
+    unexpected pos ...``, which names neither the file nor the cause; this keeps the real error
+    so that :func:`atomic_torch_save` can raise it."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self.fh.write(data)
+            except OSError as exc:
+                self.error = exc
+        raise self.error
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.fh.flush()
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            raise self.error
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` to ``path`` atomically; a write that fails raises its own :class:`OSError`
+    (with the errno, e.g. ENOSPC) naming ``path``, and leaves the previous file intact."""
     import torch
 
     with _atomic_target(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            sink = _WriteErrors(fh)
+            try:
+                torch.save(obj, sink)
+                sink.flush()
+            except Exception as exc:
+                cause, seen = sink.error, exc  # else the OSError torch's own error arose from
+                while cause is None and seen is not None:
+                    cause = seen if isinstance(seen, OSError) else None
+                    seen = seen.__cause__ or seen.__context__
+                if cause is None:
+                    raise
+                err = OSError(cause.errno, cause.strerror, str(path))
+                err.needed_bytes = _tensor_bytes(obj)  # a lower bound on the file's size
+                raise err from exc
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensor storages in ``obj`` (nested dicts, lists and tuples), each storage
+    counted once as :func:`torch.save` writes it."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return sum(seen.values())
 
 
 def strict_json(obj: Any) -> Any:
@@ -201,12 +274,25 @@ class StepLog:
     record at the end (:func:`write_record`).
     """
 
-    def __init__(self, path: Path, resume_size: int | None = None):
+    def __init__(self, path: Path, resume_size: int | None = None, finished: Path | None = None):
+        """``finished``: where the log goes at the end (:attr:`RunPaths.steps`). A run whose finish
+        failed after the log was moved there (a full disk at the record write) resumes with it
+        moved back; a log shorter than its checkpoint says is refused, never padded."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_size is None:
             self.fh = open(path, "w")
         else:
+            have = path.stat().st_size if path.exists() else -1
+            if have < resume_size and finished is not None and finished.exists() \
+                    and finished.stat().st_size >= resume_size:
+                os.replace(finished, path)
+                have = path.stat().st_size
+            if have < resume_size:
+                raise UserError(
+                    f"the step log {path} holds {max(have, 0)} bytes but the checkpoint beside it "
+                    f"was written after {resume_size}: the log was lost or truncated",
+                    hint="restore the file, or run again without --resume (--force) to train from scratch")
             self.fh = open(path, "a+")
             self.fh.truncate(resume_size)
             self.fh.seek(resume_size)

@@ -65,6 +65,15 @@ class Task:
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss_count(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | int:
+        """How many elements :meth:`loss` averages over (valid pixels, samples): under
+        data-parallel training each rank's loss is weighted by its share of the global
+        count, so the ranks together give the loss of the global batch
+        (:func:`mtlbench.distributed.global_means`).  Default: the samples in the batch
+        (right for a loss that is a mean over samples, or over a fixed number of elements
+        per sample); a task whose loss averages over valid pixels returns their number."""
+        return int(target.shape[0])
+
     def new_metric(self) -> Metric:
         raise NotImplementedError
 
@@ -110,6 +119,9 @@ class SemSeg(Task):
             return pred.sum() * 0.0
         return F.cross_entropy(pred, target.long(), ignore_index=-1)
 
+    def loss_count(self, pred, target):
+        return (target >= 0).sum()  # the labelled pixels (an all-ignored batch: 0, its loss 0)
+
     def new_metric(self):
         return SegmentationMetric(self.num_classes)
 
@@ -136,6 +148,9 @@ class Depth(Task):
         mask = (target != 0).to(torch.float32)
         diff = (pred.float() - target.float()).abs() * mask
         return diff.sum() / mask.sum().clamp_min(1.0)
+
+    def loss_count(self, pred, target):
+        return (target != 0).sum()  # the valid pixels
 
     def new_metric(self):
         return DepthMetric()
@@ -166,6 +181,9 @@ class Normal(Task):
             return pred.float().sum() * 0.0  # no valid pixel: zero, like the other tasks
         cos = (F.normalize(pred.float(), dim=1) * target).sum(1)
         return 1.0 - (cos * mask).sum() / n
+
+    def loss_count(self, pred, target):
+        return (target.float().sum(1) != 0).sum()  # the valid pixels (MTAN's rule, as the loss)
 
     def new_metric(self):
         return NormalMetric()

@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
+from . import distributed
 from .api import Method, TrainContext, count_parameters
 from .config import ResolvedConfig
 from .errors import UserError
@@ -77,6 +78,52 @@ def nuisance_stream_seed(seed: int, nuisance_seed: int) -> int:
     integer mixed from both seeds (numpy's SeedSequence), so nearby pairs share no stream."""
     words = np.random.SeedSequence([int(seed), int(nuisance_seed), 0x6E756973]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def data_parallel_device(device: torch.device, name: str) -> torch.device:
+    """Under data-parallel training on CUDA, process ``LOCAL_RANK`` trains on ``cuda:LOCAL_RANK``."""
+    if not distributed.active() or device.type != "cuda":
+        return device
+    w = distributed.world()
+    if device.index is not None and name not in ("auto", "cuda"):
+        raise UserError(f"train.device {name!r} names one GPU, but the run has {w.size} processes "
+                        "(each takes the GPU of its LOCAL_RANK)",
+                        hint="use --device cuda (or auto) with torchrun; CUDA_VISIBLE_DEVICES picks the GPUs")
+    n = torch.cuda.device_count()
+    if w.local_rank >= n:
+        raise UserError(f"process LOCAL_RANK={w.local_rank} has no GPU: this machine has {n}",
+                        hint=f"start at most {n} processes per machine (torchrun --nproc-per-node {n})")
+    return torch.device("cuda", w.local_rank)
+
+
+def check_data_parallel(cfg: ResolvedConfig, n_train: int | None = None, size: int | None = None) -> None:
+    """Refuse, with a :class:`UserError`, a run that cannot train over ``size`` processes (default:
+    the current world's): a method not verified for it (:meth:`Method.data_parallel_problem`), a
+    global batch that does not split evenly, or (given ``n_train``, the training samples) an epoch
+    whose last batch leaves a process without samples."""
+    w = distributed.world() if size is None else distributed.World(0, int(size))
+    if not w.active:
+        return
+    from .registry import METHODS
+
+    name = cfg.name("method")
+    problem = METHODS.get(name).data_parallel_problem(cfg.method)
+    if problem:
+        raise UserError(f"method {name} cannot train over {w.size} processes: {problem}",
+                        hint="train it in one process (plain `mtlbench run`, no torchrun or --nproc)")
+    b = cfg.train.batch_size
+    if b % w.size:
+        raise UserError(f"train.batch_size {b} (the global batch) does not split evenly over {w.size} "
+                        "processes", hint=f"use a batch size divisible by {w.size}, or another process count")
+    if n_train is not None:
+        n_batches = math.ceil(n_train / b)
+        steps = min(n_batches, cfg.train.max_steps_per_epoch or n_batches)
+        last = n_train - (n_batches - 1) * b
+        if steps == n_batches and last < w.size:
+            raise UserError(f"the last batch of every epoch holds {last} sample{'s' if last != 1 else ''} "
+                            f"({n_train} training samples, batch {b}), fewer than the {w.size} processes: "
+                            "a process would get none",
+                            hint="choose a batch size whose remainder is 0 or at least the process count")
 
 
 def seed_everything(seed: int) -> None:
@@ -145,7 +192,7 @@ def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
     tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    device = resolve_device(tcfg.device)
+    device = data_parallel_device(resolve_device(tcfg.device), tcfg.device)
     seed_everything(cfg.seed)
     dataset = DATASETS.get(cfg.name("dataset"))(cfg.dataset)
     splits = {}
@@ -157,6 +204,9 @@ def build(cfg: ResolvedConfig, *, with_data: bool = True) -> Setup:
             raise UserError(f"the train split of dataset {cfg.name('dataset')!r} is empty")
         seed_everything(cfg.seed)  # opening the data must not shift the models' initialisation
     dataset, tasks, factory, method = assemble(cfg, dataset)
+    if distributed.active() and tcfg.sync_batchnorm:
+        # the batch statistics of the global batch, as one process computes them
+        distributed.convert_sync_batchnorm(method)
     amp = factory.default_amp(device.type) if tcfg.amp == "auto" else tcfg.amp
     cl = factory.default_channels_last(device.type) if tcfg.channels_last is None else tcfg.channels_last
     method.to(device)
@@ -296,6 +346,7 @@ class Optimisation:
         """Step the ``after_update`` optimisers, whose gradients ``after_step`` set."""
         for name in self._late:
             params = [p for g in self.optimizers[name].param_groups for p in g["params"]]
+            distributed.reduce_gradients(params)
             norm = _grad_norm(params)
             if norm is not None and not bool(torch.isfinite(norm)):
                 raise _NonFinite(f"the gradient norm of the {name!r} optimiser became {float(norm)}")
@@ -375,6 +426,9 @@ def optimizer_step(method: Method, optim: Optimisation, batch: dict, device: tor
     if bad:
         raise _NonFinite(f"the {bad[0]} loss became {float(out.losses[bad[0]].detach())}")
     method.backward(out)
+    # data parallel: every gradient averaged over the processes (each holds its share, see
+    # mtlbench.distributed); a no-op in one process
+    distributed.reduce_gradients(optim.parameters())
     norms = clip_gradients(clip_groups, max_norm) if max_norm else [_grad_norm(optim.parameters())]
     for norm in norms:
         if norm is not None and not bool(torch.isfinite(norm)):
@@ -397,13 +451,69 @@ def train(cfg: ResolvedConfig, opts: TrainOptions | None = None) -> dict:
     set up (or resume), the epochs, then the record.
     """
     opts = opts or TrainOptions()
-    check_out_dir(Path(opts.out))
-    paths = RunPaths.for_config(cfg, opts.out)
-    with RunLock(paths.lock, paths.rel.as_posix()):
-        state = resume_state(paths, opts)
+    started = not distributed.active()
+    distributed.init(_device_type(cfg.train.device))
+    started = started and distributed.active()  # this call joined the group: it leaves it too
+    try:
+        check_data_parallel(cfg)
+        if distributed.is_main():
+            check_out_dir(Path(opts.out))
+        paths = RunPaths.for_config(cfg, opts.out)
+        if not distributed.active():
+            with RunLock(paths.lock, paths.rel.as_posix()):
+                state = resume_state(paths, opts)
+                run = Training(cfg, opts, paths, state)
+                run.fit()
+                return run.finish()
+        return _train_data_parallel(cfg, opts, paths)
+    finally:
+        if started:
+            distributed.shutdown()
+
+
+def _device_type(name: str) -> str:
+    """``cpu`` or ``cuda``: the backend a data-parallel run needs (gloo or NCCL), before building."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if str(name).startswith("cuda") else "cpu"
+
+
+def _train_data_parallel(cfg: ResolvedConfig, opts: TrainOptions, paths: RunPaths) -> dict:
+    """:func:`train` over the processes of the world: rank 0 holds the lock and decides whether
+    the run starts, resumes or stops (a record exists, a checkpoint without ``--resume``), and
+    tells the others, so every process takes the same branch; rank 0 writes every file."""
+    lock = RunLock(paths.lock, paths.rel.as_posix()) if distributed.is_main() else None
+    verdict: tuple = ("start",)
+    state = None
+    if lock is not None:
+        try:
+            lock.acquire()
+            state = resume_state(paths, opts)
+            verdict = ("resume",) if state is not None else ("start",)
+        except RunExists as exc:
+            verdict = ("exists", str(exc.path))
+        except UserError as exc:
+            verdict = ("error", exc)  # UserErrors pickle with their hint
+    # every process has the same config (else their shards would not make one batch)
+    verdict = distributed.broadcast_object((verdict, cfg.hash))
+    (verdict, main_hash) = verdict
+    try:
+        if main_hash != cfg.hash:
+            raise UserError(f"the processes of this data-parallel run were given different configs "
+                            f"(rank 0: {main_hash}, rank {distributed.world().rank}: {cfg.hash})",
+                            hint="start every process with the same command line")
+        if verdict[0] == "exists":
+            raise RunExists(Path(verdict[1]))
+        if verdict[0] == "error":
+            raise verdict[1]
+        if verdict[0] == "resume" and state is None:
+            state = load_checkpoint(paths.last)
         run = Training(cfg, opts, paths, state)
         run.fit()
         return run.finish()
+    finally:
+        if lock is not None and lock.held:
+            lock.release()
 
 
 def check_out_dir(out: Path) -> None:
@@ -470,6 +580,19 @@ def _finite_metrics(metrics: dict) -> list[str]:
             for k, v in ms.items() if v is None or not math.isfinite(v)]
 
 
+class _NoStepLog:
+    """The step log of a process that writes none (data parallel: ranks other than 0)."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def sync(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class Training:
     """One run from its config to its record, in phases.
 
@@ -486,6 +609,9 @@ class Training:
         s = self.s = build(cfg)
         method, device, tcfg = s.method, s.device, cfg.train
         self.method, self.device, self.tcfg = method, device, tcfg
+        self.world = distributed.world()
+        self.main = self.world.is_main  # the process that writes, logs and evaluates
+        check_data_parallel(cfg, len(s.train_set))
         self.generator = torch.Generator()
         self.loader_kw = dict(batch_size=tcfg.batch_size, num_workers=cfg.dataset.num_workers,
                               pin_memory=device.type == "cuda")
@@ -499,6 +625,13 @@ class Training:
         if resume is not None:
             method.load_state_dict(resume["model"])
             self.start_epoch = resume["epoch"]
+        if self.world.active:
+            # the same seed built the same weights everywhere; rank 0's are made everyone's anyway
+            import torch.distributed as dist
+
+            for t in method.state_dict().values():
+                if isinstance(t, torch.Tensor):
+                    dist.broadcast(t, 0)
         method.on_train_start(TrainContext(tcfg.epochs, self.steps_per_epoch, device, RunContext(cfg, Path(opts.out)),
                                            self.start_epoch, leading_epochs=self.lead,
                                            autocast=lambda: autocast_ctx(device, s.amp), train_cfg=tcfg))
@@ -525,14 +658,14 @@ class Training:
             # what is drawn from here on is the pair's nuisance stream (the data order has its
             # own generator, seeded from `seed` in train_loader)
             seed_everything(nuisance_stream_seed(cfg.seed, tcfg.nuisance_seed))
-        self.steplog = StepLog(paths.steps_tmp, steps_size)
+        self.steplog = StepLog(paths.steps_tmp, steps_size, finished=paths.steps) if self.main else _NoStepLog()
         from .trackers import Trackers
 
-        self.trackers = Trackers(tcfg.loggers, paths.out / "trackers" / paths.rel, cfg.data,
+        self.trackers = Trackers(tcfg.loggers if self.main else [], paths.out / "trackers" / paths.rel, cfg.data,
                                  run_id=f"{cfg.name('method')}-seed{cfg.seed}-{cfg.hash}", name=str(paths.rel),
                                  start_step=self.global_step, resume=resume is not None)
 
-        mode = "none" if opts.quiet else tcfg.progress
+        mode = "none" if opts.quiet or not self.main else tcfg.progress
         label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
         self.prog = Progress(mode, label=label, total_epochs=self.total_epochs, steps=self.steps_per_epoch)
         if resume is not None:
@@ -572,8 +705,15 @@ class Training:
         lead, g = self.lead, self.generator
         g.manual_seed(self.cfg.seed * 100003 + (epoch - lead if epoch >= lead else 50_000 + epoch))
         train_set = self.s.train_set
-        return DataLoader(train_set, sampler=RandomSampler(train_set, generator=g),
-                          drop_last=False, generator=g, **self.loader_kw)
+        if not self.world.active:
+            return DataLoader(train_set, sampler=RandomSampler(train_set, generator=g),
+                              drop_last=False, generator=g, **self.loader_kw)
+        # data parallel: the single-process batches (the same draws from g, in the same order),
+        # each cut to this process's share
+        kw = {k: v for k, v in self.loader_kw.items() if k != "batch_size"}
+        batches = BatchSampler(RandomSampler(train_set, generator=g), self.tcfg.batch_size, drop_last=False)
+        return DataLoader(train_set, batch_sampler=distributed.ShardedBatchSampler(
+            batches, self.world.rank, self.world.size), generator=g, **kw)
 
     def epoch(self, epoch: int) -> dict:
         """Train one epoch, evaluate when due; returns (and keeps) the epoch's full row."""
@@ -626,8 +766,10 @@ class Training:
         except _NonFinite as exc:
             raise self._diverged(str(exc), epoch, i, batch) from None
         losses = {t: float(v.detach()) for t, v in out.losses.items()}
-        self.images_seen += batch["image"].shape[0]
-        if tcfg.log_every and self.global_step % tcfg.log_every == 0:
+        # the global batch (the ranks' shards together), as one process would count it
+        self.images_seen += (batch["image"].shape[0] if not self.world.active
+                             else min(tcfg.batch_size, len(self.s.train_set) - i * tcfg.batch_size))
+        if self.main and tcfg.log_every and self.global_step % tcfg.log_every == 0:
             row = {"step": self.global_step, "epoch": epoch, **{f"loss/{t}": v for t, v in losses.items()},
                    **out.logs, **step_logs}
             self.steplog.write(row)
@@ -647,8 +789,17 @@ class Training:
     def evaluate(self, epoch: int) -> dict:
         """``{model: {task: {metric: value}}}`` of every model the method evaluates, on the val split."""
         s = self.s
-        metrics = {k: evaluate(m, s.tasks, self.val_loader, self.device, s.amp, s.channels_last)
-                   for k, m in self.method.eval_models().items()}
+        metrics = None
+        if self.main:  # data parallel: rank 0 evaluates the (identical) models, the others wait
+            metrics = {k: evaluate(m, s.tasks, self.val_loader, self.device, s.amp, s.channels_last)
+                       for k, m in self.method.eval_models().items()}
+        metrics = distributed.broadcast_object(metrics)
+        if self.world.active:
+            # rank 0's evaluation drew from the global random streams (a DataLoader without a
+            # generator draws its base seed there), as a single process does: every process
+            # continues from rank 0's streams, so they stay one stream (RLW's weights, dropout)
+            _set_rng_state({k: v for k, v in distributed.broadcast_object(_rng_state()).items()
+                            if k != "cuda"})
         bad = _finite_metrics(metrics)
         if bad:
             raise self._diverged(f"the evaluation metric {bad[0]} is {_metric_value(metrics, bad[0])}", epoch)
@@ -656,12 +807,16 @@ class Training:
 
     def checkpoint(self, epoch: int) -> None:
         """The state after ``epoch`` (:data:`CHECKPOINT_KEYS`), atomically, with the step log synced."""
+        if not self.main:
+            distributed.barrier()  # returns once rank 0 has written the checkpoint
+            return
         size = self.steplog.sync()
         atomic_torch_save(self.paths.last, {
             "epoch": epoch + 1, "model": self.method.state_dict(), **self.optim.state_dict(),
             "method_extra": self.method.extra_state(), "rng": _rng_state(), "history": {"epochs": self.epochs},
             "train_time": self.train_time, "wall_time": self.wall_time(),
             "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data})
+        distributed.barrier()
 
     def _epoch_line(self, epoch: int, entry: dict) -> str:
         line = f"epoch {epoch + 1}/{self.total_epochs} loss {_fmt_losses(entry['train_loss'])}"
@@ -694,6 +849,9 @@ class Training:
     def finish(self) -> dict:
         """Measure the trained model, then write its final weights and the record; return the record."""
         s, method, cfg = self.s, self.method, self.cfg
+        if not self.main:  # rank 0 measures and writes; every process returns its record
+            self.trackers.close()
+            return distributed.broadcast_object(None)
         wall_s = self.wall_time()
         sample = next(iter(self.val_loader))["image"].to(s.device)
         if s.channels_last:
@@ -726,9 +884,14 @@ class Training:
             record["encoder_init"] = strict_json(init)
         # per task: how far the run is from the input-blind reference (degenerate when not clearly better)
         record["learned"] = strict_json(learned_block(s.dataset, record["metrics"]))
+        if self.world.active:
+            record["device"]["processes"] = self.world.size
+            record["device"]["backend"] = self.world.backend
+            record["device"]["sync_batchnorm"] = bool(cfg.train.sync_batchnorm)
         self.trackers.final(record["metrics"])
         self.trackers.close()
-        return write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
+        out = write_record(self.paths, record, self.epochs, {"model": method.state_dict(), "config": cfg.data})
+        return distributed.broadcast_object(out)
 
 
 def _metric_value(metrics: dict, name: str):

@@ -8,9 +8,13 @@ exits with code 2 and a one-paragraph message; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv  # the command line as given (`run --nproc` starts its processes with it)
     previous = _handle_sigterm()
     try:
         rc = args.func(args)
@@ -136,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"mtlbench: error: {exc}", file=sys.stderr)
+        import os
+
+        # a data-parallel run: every process reports (an error may be one process's alone)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = "" if rank == "0" else f" (process {rank})"
+        print(f"mtlbench: error{where}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
@@ -146,9 +156,43 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `mtlbench ... | head`: the reader left, nothing to report
         return 0
+    except OSError as exc:
+        if debug or exc.errno not in _NO_ROOM:
+            raise
+        print(f"mtlbench: error: {_no_room_message(exc)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _no_room_message(exc: OSError) -> str:
+    """One line for a write the file system refused: which file, why, what to do."""
+    name = exc.filename
+    if name:
+        p = Path(str(name))
+        m = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", p.name)  # a temporary file of records._atomic_target
+        name = str(p.with_name(m.group(1))) if m else str(p)
+    where = f"could not write {name}" if name else "a write failed"
+    needed = getattr(exc, "needed_bytes", None)
+    if name and needed:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(Path(name).parent).free
+            where += f" (it needs at least {needed / 2**20:.1f} MiB; {free / 2**20:.1f} MiB are free there)"
+        except OSError:
+            where += f" (it needs at least {needed / 2**20:.1f} MiB)"
+    if exc.errno == errno.EROFS:
+        hint = "the file system is read-only; choose another folder with --out"
+    else:
+        hint = ("free some space (or raise the quota) on that file system, or choose another "
+                "folder with --out")
+    return (f"{where}: {exc.strerror or os.strerror(exc.errno)}; {hint}. Files written before are "
+            "intact; an interrupted run continues from its last checkpoint with --resume")
 
 
 class Terminated(KeyboardInterrupt):

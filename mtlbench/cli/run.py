@@ -9,7 +9,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by commands that resolve a run config (run, sweep)."""
     p.add_argument("--dataset", help="dataset name (default: the preset's; `mtlbench list datasets`)")
     p.add_argument("--data-root", metavar="DIR", help="data directory of a real dataset")
-    p.add_argument("--preset", help="quick (default) | smoke | paper")
+    p.add_argument("--preset", help="quick (default) | smoke | standard | paper | script (mtlbench/presets)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="run again even if a record exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data parallel: train over N processes on this machine (as `torchrun "
+                        "--nproc-per-node N -m mtlbench run ...`; the batch size is the global batch)")
     p.set_defaults(func=main)
 
 
@@ -76,6 +79,8 @@ def main(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         print(f"# config hash: {cfg.hash}")
         return 0
+    if args.nproc is not None:
+        return launch(args, cfg)
     from ..trainer import RunExists, TrainOptions, train
 
     try:
@@ -85,9 +90,92 @@ def main(args: argparse.Namespace) -> int:
         print(f"skipped: a record of this run already exists at {exc.path}\n"
               f"  (pass --force to run it again)")
         return 0
-    if not args.quiet:
+    if not args.quiet and record is not None and _is_rank0():
         print_summary(record, Path(args.out))
     return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return "WORLD_SIZE" not in os.environ or os.environ.get("RANK", "0") == "0"
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch(args: argparse.Namespace, cfg) -> int:
+    """``mtlbench run --nproc N``: the same command in N processes of one data-parallel run.
+
+    The config and the refusals that need no data (a method not verified under data
+    parallelism, a batch that does not split) are checked here first; then N processes
+    start with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, a free local
+    MASTER_PORT; OMP_NUM_THREADS=1 unless set, as torchrun does).  The first process to
+    fail stops the others; its exit code is the command's (2 for a UserError)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from ..errors import UserError
+    from ..trainer import check_data_parallel
+
+    n = args.nproc
+    if n < 1:
+        raise UserError(f"--nproc {n}: the number of processes must be at least 1", hint="e.g. --nproc 2")
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc starts the processes itself; this one is already one of a data-parallel "
+                        f"world (WORLD_SIZE={os.environ['WORLD_SIZE']})",
+                        hint="use either torchrun or --nproc, not both")
+    check_data_parallel(cfg, size=n)
+    argv = _without_nproc(getattr(args, "argv", None) or sys.argv[1:])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n),
+            "LOCAL_WORLD_SIZE": str(n)}
+    base.setdefault("OMP_NUM_THREADS", "1")
+    procs = [subprocess.Popen([sys.executable, "-m", "mtlbench", *argv],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(n)]
+    rc = 0
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                rc = failed[0]
+                break
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.05)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the processes get it too (checkpoints are kept)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+    for p in procs:  # one failed: the others would wait for it in a collective
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # blocked inside a collective, deaf to SIGTERM
+            p.kill()
+            p.wait()
+    return rc
 
 
 def print_summary(record: dict, out: Path) -> None:
