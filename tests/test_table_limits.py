@@ -144,3 +144,43 @@ def test_mde_uses_the_noise_floor_when_it_is_larger():
     assert f"{dwa.mde:.2f}*" in md and "Noise floor: sd 4.00 Δ points over 3 A/A pairs" in md
     # the reference row of the table is unchanged by the pairs' records
     assert bt.cell(spec.row("baseline"), "vit_tiny").mean["semseg"]["miou"] == pytest.approx(50.0)
+
+
+def _on_encoder(rec, sha):
+    rec["encoder_init"] = {"pretraining": {"recipe": "r", "key": "k", "sha256": sha, "version": 1}}
+    return rec
+
+
+def test_pairs_on_different_pretrained_encoders_are_left_out_of_the_paired_delta():
+    """The config hash names the pretraining recipe, not its bytes: a rebuilt encoder is other bytes,
+    and a run started from it is no pair for a run started from the first one."""
+    spec, setting = _setting()
+
+    def m(miou):
+        return {"semseg": {"miou": miou, "pacc": 80.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}}
+
+    a, b = "a" * 64, "b" * 64
+    recs = [_on_encoder(_record(setting, "baseline", s, m(40.0)), a) for s in range(3)]
+    # DWA: seed 0 on the other encoder (and far better); seeds 1, 2 on the reference's, 1 point ahead
+    recs += [_on_encoder(_record(setting, "dwa", 0, m(60.0)), b)]
+    recs += [_on_encoder(_record(setting, "dwa", s, m(41.0)), a) for s in (1, 2)]
+    recs += [_record(setting, "uw", s, m(41.0)) for s in range(3)]  # scratch / unrecorded: unknown, kept
+    bt = build_table(spec, setting, records=recs, references=False)
+    dwa = bt.cell(spec.row("dwa"), "vit_tiny")
+    assert sorted(dwa.delta.values) == [1, 2] and dwa.delta.n == 2
+    comp = bt.compare("dwa", "baseline")
+    assert sorted(comp.summary.values) == [1, 2]
+    assert "different pretrained encoders (sha256 bbbbbbbb vs aaaaaaaa)" in comp.errors[0]
+    assert any("seed 0: Δ undefined: the two runs start from different pretrained encoders" in line
+               for line in comp.lines())
+    assert bt.compare("uw", "baseline").summary.n == 3
+    # an encoder-free Δ of DWA's seeds 1 and 2 equals the Δ the table shows
+    same = build_table(spec, setting, records=[r for r in recs if not (r["method"] == "dwa" and r["seed"] == 0)],
+                       references=False)
+    assert same.cell(spec.row("dwa"), "vit_tiny").delta.values == dwa.delta.values
+    note = next(n for n in bt.notes if n.startswith("Left out of the paired Δ"))
+    assert "DWA seed 0" in note and "UW" not in note
+    assert any(n.startswith("The records of this table start from 2 different pretrained encoders "
+                            "(sha256 aaaaaaaa: 5 records, sha256 bbbbbbbb: 1 record)") for n in bt.notes)
+    assert not any("too short a training run" in n for n in bt.notes)
+    assert not any(n.startswith("Left out") for n in same.notes)

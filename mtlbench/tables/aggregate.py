@@ -168,6 +168,38 @@ def mixed_footing(a: Cell, b: Cell) -> dict[int, list[str]]:
     return out
 
 
+def encoder_sha(record: dict | None) -> str | None:
+    """The sha256 of the pretrained encoder a run started from (``encoder_init.pretraining``), or
+    None for a run from scratch or a record written before mtlbench recorded it.  The config hash
+    names the pretraining recipe, not its bytes: a rebuilt artefact can be other bytes."""
+    init = (record or {}).get("encoder_init")
+    pre = init.get("pretraining") if isinstance(init, dict) else None
+    sha = pre.get("sha256") if isinstance(pre, dict) else None
+    return sha if isinstance(sha, str) and sha else None
+
+
+def encoder_mismatch(a: Cell, b: Cell) -> dict[int, str]:
+    """Paired seeds whose two runs started from different pretrained encoders (both known):
+    ``{seed: why the two are not a pair}``.  Such seeds are left out of the paired Δ: the encoder
+    is the starting point of training, not a floating-point detail."""
+    out = {}
+    for s in sorted(set(a.per_seed) & set(b.per_seed)):
+        ea, eb = encoder_sha(a.records.get(s)), encoder_sha(b.records.get(s))
+        if ea is not None and eb is not None and ea != eb:
+            out[s] = (f"the two runs start from different pretrained encoders (sha256 {ea[:8]} vs {eb[:8]}): "
+                      f"not a pair; train both on one encoder (see results/superseded/ for how records "
+                      f"of a replaced encoder are set aside)")
+    return out
+
+
+def paired_cells(a: Cell, b: Cell, directions: dict) -> tuple[dict[int, float], dict[int, str]]:
+    """:func:`paired_deltas` of two cells, seeds on different pretrained encoders left out (as errors)."""
+    skip = encoder_mismatch(a, b) if a is not b else {}
+    values, errors = paired_deltas({s: m for s, m in a.per_seed.items() if s not in skip},
+                                   {s: m for s, m in b.per_seed.items() if s not in skip}, directions)
+    return values, {**errors, **skip}
+
+
 def footing_text(mixed: dict[int, list[str]]) -> str:
     return ("runs on unequal footing (" + "; ".join(f"seed {s}: {', '.join(d)}" for s, d in mixed.items())
             + "): the floating-point results differ by machine and precision alone")
@@ -236,7 +268,7 @@ class BuiltTable:
         rb = b if isinstance(b, Row) else self.row(b)
         bb = backbone or self.spec.backbones[0]
         ca, cb = self.cell(ra, bb), self.cell(rb, bb)
-        values, errors = paired_deltas(ca.per_seed, cb.per_seed, self.directions)
+        values, errors = paired_cells(ca, cb, self.directions)
         missing = {r.key: [s for s in self.seeds if s not in c.per_seed]
                    for r, c in ((ra, ca), (rb, cb)) if not c.unsupported}
         comp = Comparison(ra, rb, bb, summarize(values), errors, {k: v for k, v in missing.items() if v},
@@ -460,11 +492,12 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
     undefined: dict[str, list[str]] = {}  # error -> rows (a zero in the reference hits them all)
     mixed_rows: list[str] = []  # rows with paired seeds on different CPU thread counts
     unequal: list[str] = []  # rows with paired seeds on different precision / processors
+    split_encoders: list[str] = []  # rows with seeds whose run and the reference's differ in encoder
     multi = len(spec.backbones) > 1
     for (_, bb), c in cells.items():
         rc = cells.get((ref.key, bb))
         if c.per_seed and rc is not None and rc.per_seed:
-            values, errors = paired_deltas(c.per_seed, rc.per_seed, directions)
+            values, errors = paired_cells(c, rc, directions)
             c.delta = summarize(values)
             footing = mixed_footing(c, rc) if c is not rc else {}
             if footing:
@@ -473,8 +506,13 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
             if mixed:
                 mixed_rows.append(c.row.label + (f" ({bb})" if multi else "")
                                   + f" seed{'s' if len(mixed) > 1 else ''} " + ", ".join(map(str, mixed)))
+            apart = encoder_mismatch(c, rc) if c is not rc else {}
+            if apart:
+                split_encoders.append(c.row.label + (f" ({bb})" if multi else "") + " seed"
+                                      + ("s " if len(apart) > 1 else " ") + ", ".join(map(str, apart)))
             for s, err in errors.items():
-                undefined.setdefault(f"seed {s}: {err}", []).append(c.row.label + (f" ({bb})" if multi else ""))
+                if s not in apart:
+                    undefined.setdefault(f"seed {s}: {err}", []).append(c.row.label + (f" ({bb})" if multi else ""))
         # the paper's Δ: as printed against its own reference, else recomputed from its metrics
         if c.paper is not None and spec.delta:
             if ref.key == spec.paper_reference:
@@ -503,6 +541,20 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
     if unequal:
         notes.append(f"Paired runs not on equal footing with {ref.label}'s of the same seed: {'; '.join(unequal)}. "
                      f"Pin the processor and precision of a study (records say where each ran).")
+    if split_encoders:
+        notes.append(f"Left out of the paired Δ, the run and {ref.label}'s of the same seed starting from "
+                     f"different pretrained encoders (encoder_init.pretraining.sha256): {'; '.join(split_encoders)}. "
+                     f"A rebuilt pretraining artefact can be other bytes; train every run of a seed on one.")
+    shas: dict[str, int] = {}
+    for c in cells.values():
+        for rec in c.records.values():
+            sha = encoder_sha(rec)
+            if sha is not None:
+                shas[sha] = shas.get(sha, 0) + 1
+    if len(shas) > 1:
+        notes.append("The records of this table start from " + str(len(shas)) + " different pretrained encoders ("
+                     + ", ".join(f"sha256 {k[:8]}: {v} record{'s' if v > 1 else ''}" for k, v in shas.items())
+                     + "): seed statistics mix them.")
     unknown = sum(1 for c in cells.values() for d in c.machine.values() if "processor" not in (d or {}))
     if unknown:
         notes.append(f"{unknown} record{'s' if unknown > 1 else ''} of this table predate{'' if unknown > 1 else 's'} "
