@@ -14,8 +14,8 @@ task gradients with respect to the shared feature z (as MGDA-UB does), then
 back-propagates Σ α_i L_i through the shared network.  ``grad_on: params``
 applies the same rule to the shared parameters' gradients (the §3.2 analysis).
 
-Not implemented: IMTL-L (the learned loss scales of the same paper) and the
-full IMTL (both together).
+IMTL-L, the learned loss scales of the same paper, is ``imtl_l``; the full
+IMTL (IMTL-G over IMTL-L's scaled losses) is not implemented.
 """
 from __future__ import annotations
 

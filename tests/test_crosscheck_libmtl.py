@@ -13,7 +13,7 @@ each side's gradients are compared parameter by parameter.
 
 What is compared, per method (the ``MEASURED`` table, printed with ``-s``):
 
-* loss weightings (EW, DWA, UW, GradNorm, RLW): the task weights for identical
+* loss weightings (EW, DWA, UW, GradNorm, RLW, IMTL-L): the task weights for identical
   loss histories / parameters / random draws, and the whole network's gradient;
 * gradient methods (PCGrad, MGDA, CAGrad, IMTL-G, GradDrop): the aggregated
   shared-parameter gradient from identical per-task Jacobians (the same network
@@ -28,7 +28,8 @@ task order is forced on both (TorchJD's ``torch.randperm``, LibMTL's
 ``random.shuffle``), and a second test shows the order matters on that batch.
 
 Outcomes are asserted one of three ways: agreement (float32 tolerances, stated
-per test), a documented, legitimate difference asserted exactly (UW's paper form,
+per test), a documented, legitimate difference asserted exactly (UW's paper form, IMTL-L's
+shared gradient against LibMTL's full IMTL, which adds IMTL-G to the same scales,
 CAGrad's rescale, GradNorm's parameterisation and head rule, the official
 MinNormSolver's 0.999/0.001 clip, MGDA-UB's / IMTL-G's / GradDrop's batch
 handling, GradDrop's sign(z) factor).  MGDA's Frank-Wolfe stopped early (three strict xfails until
@@ -363,7 +364,7 @@ def task_weights(out, m) -> torch.Tensor:
 #: our method -> LibMTL 1.1.5's weighting it is cross-checked against (None: LibMTL 1.1.5 has none)
 COUNTERPARTS = {"baseline": "EW", "dwa": "DWA", "uw": "UW", "gradnorm": "GradNorm", "rlw": "RLW",
                 "pcgrad": "PCGrad", "mgda": "MGDA", "cagrad": "CAGrad", "imtl_g": "IMTL",
-                "graddrop": "GradDrop", "nash_mtl": None, "aligned_mtl": None, "famo": None,
+                "graddrop": "GradDrop", "imtl_l": "IMTL", "nash_mtl": None, "aligned_mtl": None, "famo": None,
                 "upgrad": None, "dualproj": None}
 
 
@@ -723,7 +724,7 @@ def test_feature_methods_batch_handling_differs(L, method, weighting, names, kw)
 
 def test_imtl_g_params_network(L):
     """IMTL-G on the shared parameters against LibMTL's IMTL (its loss scales start at 0, so its
-    first step is IMTL-G on the unscaled losses; IMTL-L is not ours to compare)."""
+    first step is IMTL-G on the unscaled losses; the scales: test_imtl_l_scales_against_libmtl_imtl)."""
     tasks = tasks3()
     batch = batch_for(tasks, b=2, seed=1)
     m = ours("imtl_g", tasks, grad_on="params")
@@ -733,6 +734,50 @@ def test_imtl_g_params_network(L):
     w, _ = libmtl_step(lib, batch)
     agree("IMTL-G params: weights (alpha)", task_weights(out, m), w, rtol=1e-4, atol=1e-6)
     all_grads_agree("IMTL-G params", our_grads(m), lib_grads(lib), rtol=1e-4)
+
+
+@pytest.mark.parametrize("s", [None, [0.3, -1.2, 0.7]], ids=["init", "moved"])
+def test_imtl_l_scales_against_libmtl_imtl(L, s):
+    """IMTL-L against LibMTL's IMTL, which is the full IMTL: the same loss scales (e^s L − s per
+    task, s from 0), then IMTL-G over the scaled losses' shared-parameter gradients.  The scale
+    part is compared directly: the gradient with respect to s and every head's gradient (a head
+    sees only its own scaled loss, on both sides) agree.  The shared gradient differs by design
+    (ours: Σ e^(s_i) g_i, unit weights; LibMTL's: Σ α_i e^(s_i) g_i, IMTL-G's α), asserted
+    exactly: LibMTL's is its α on our per-task scaled gradients, and its α is our ``imtl_g``'s
+    (grad_on=params) weights on that scaled Jacobian."""
+    tasks = tasks3()
+    batch = batch_for(tasks, b=2, seed=1)
+    m = ours("imtl_l", tasks)
+    lib = libmtl_model(L, "IMTL", m, batch)
+    if s is not None:
+        with torch.no_grad():
+            m.log_scales.copy_(torch.tensor(s))
+            lib.loss_scale.copy_(torch.tensor(s))
+    torch.testing.assert_close(m.log_scales.detach(), lib.loss_scale.detach())  # same init: 0
+    key = f"IMTL-L vs LibMTL IMTL ({'s=0' if s is None else 'moved s'})"
+    our_step(m, batch)
+    mine = our_grads(m)
+    w, _ = libmtl_step(lib, batch)
+    theirs = lib_grads(lib)
+    agree(f"{key}: grad s", m.log_scales.grad, lib.loss_scale.grad)
+    assert flat(lib.loss_scale.grad).abs().min() > 1e-3  # not trivially zero
+    for t in m.task_names:
+        agree(f"{key}: grad {t} head", mine[t], theirs[t])
+    # per-task gradients of the scaled losses on the shared encoder, from our network
+    named = [(f"encoder.{n}", p) for n, p in m.model.encoder.named_parameters()]
+    losses = m.task_losses(m.model(batch["image"]), batch)
+    scale = m.log_scales.detach().exp()
+    per_task = []
+    for i, t in enumerate(m.task_names):
+        gs = torch.autograd.grad(scale[i] * losses[t], [p for _, p in named], retain_graph=True)
+        per_task.append({n: g for (n, _), g in zip(named, gs)})
+    combine = lambda c: {n: sum(float(ci) * g[n] for ci, g in zip(c, per_task)) for n, _ in named}  # noqa: E731
+    agree(f"{key}: our shared grad = sum of scaled g_i", mine["shared"], combine([1.0] * len(per_task)))
+    agree(f"{key}: LibMTL shared grad = sum alpha_i scaled g_i", theirs["shared"], combine(w), rtol=1e-5)
+    differ(f"{key}: shared grads differ (IMTL-G on top in LibMTL)", mine["shared"], theirs["shared"], 1e-3)
+    J = torch.stack([torch.cat([g[n].reshape(-1) for n, _ in named]) for g in per_task])
+    _, alpha, _ = ours("imtl_g", tasks, grad_on="params").aggregate([J])
+    agree(f"{key}: LibMTL alpha = our imtl_g on the scaled Jacobian", alpha, w, rtol=1e-4, atol=1e-6)
 
 
 # -- CAGrad -------------------------------------------------------------------------

@@ -57,6 +57,7 @@ EQUALITY = {
 #: more methods checked the same way in the slow part
 EQUALITY_SLOW = {
     "uw": ["train.epochs=2"],
+    "imtl_l": ["train.epochs=2"],
     "mgda": ["train.epochs=2", "method.grad_on=features"],
     "imtl_g": ["train.epochs=2"],  # grad_on=features by default: the summed Gramian
     "gradnorm": ["train.epochs=2"],
