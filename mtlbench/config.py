@@ -329,10 +329,37 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-# An integer written with a leading zero (``010``) is octal in YAML 1.1 (8) but decimal to
-# ``--seed 010`` and to Python (10); rather than pick one in silence, mtlbench's YAML refuses it
-# (in files and ``--set`` alike) and says how to write either.  ``0x``/``0b`` stay as they are.
+# Numbers that YAML 1.1 reads otherwise than everyone else are refused, in files and ``--set``
+# alike, with how to write either reading (:class:`AmbiguousNumber`; the one place for it):
+# * an integer with a leading zero (``010``) is octal in YAML 1.1 (8) but decimal to ``--seed 010``
+#   and to Python (10).  ``0x``/``0b`` stay as they are;
+# * digits separated by colons (``1:30``, ``1:30.5``) are sexagesimal (base 60) in YAML 1.1 (90),
+#   where a reader sees a time, a ratio or a range.
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0[0-9_]+$"), list("-+0"))
+
+
+class AmbiguousNumber(yaml.YAMLError):
+    """A YAML number that YAML 1.1 reads otherwise than a reader would: refused, never guessed."""
+
+    def __init__(self, text: str, mark=None):
+        super().__init__(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""))
+
+
+class LeadingZeroError(AmbiguousNumber):
+    """A YAML integer with a leading zero (``010``): octal to YAML 1.1, decimal to everyone else."""
+
+
+class SexagesimalError(AmbiguousNumber):
+    """A YAML number of colon-separated digits (``1:30``): base 60 to YAML 1.1 (90)."""
+
+
+def _refuse_sexagesimal(node: yaml.ScalarNode, value: int | float) -> None:
+    text = str(node.value)
+    if ":" in text:
+        raise SexagesimalError(
+            f"{text} is a sexagesimal (base-60) number to YAML 1.1, which reads it as {value!r}: "
+            f"write the number itself ({value!r}), or quote it ('{text}') if it is a string",
+            node.start_mark)
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
@@ -348,17 +375,19 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
             f"{text} is an integer with a leading zero, ambiguous ({octal}): write it without the "
             f"leading zero ({sign * int(digits)}), or quote it ('{text}') if it is a string",
             node.start_mark)
-    return yaml.SafeLoader.construct_yaml_int(loader, node)
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    _refuse_sexagesimal(node, value)
+    return value
 
 
-class LeadingZeroError(yaml.YAMLError):
-    """A YAML integer with a leading zero (``010``): octal to YAML 1.1, decimal to everyone else."""
-
-    def __init__(self, text: str, mark=None):
-        super().__init__(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""))
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    _refuse_sexagesimal(node, value)
+    return value
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 #: the most values (scalars, lists, mappings) a YAML document may hold once its aliases are
 #: expanded: ``b: [*a, *a, ...]`` nested a few levels deep ("billion laughs") turns a few hundred
@@ -436,8 +465,8 @@ def yaml_load(text: str):
     """``text`` parsed with mtlbench's YAML rules; a fresh copy each call.  Parses are kept by
     content (pure-Python YAML is most of what resolving a config costs), never by file name, so
     an edited file is parsed again.  A document whose aliases expand it beyond
-    :data:`MAX_YAML_NODES` values is refused (:class:`YAMLTooLarge`), as is an integer with a
-    leading zero (:class:`LeadingZeroError`)."""
+    :data:`MAX_YAML_NODES` values is refused (:class:`YAMLTooLarge`), as is a number YAML 1.1
+    reads otherwise than a reader would (:class:`AmbiguousNumber`: ``010``, ``1:30``)."""
     if text not in _PARSED:
         if len(_PARSED) >= 512:
             _PARSED.clear()
@@ -485,22 +514,31 @@ def parse_set(item: str) -> tuple[str, Any]:
     except YAMLTooLarge as exc:
         raise UserError(f"--set {quote(item)}: the value is refused: {exc}",
                         hint="write the value out; YAML anchors and aliases are for sharing a few values") from None
-    except LeadingZeroError as exc:
+    except AmbiguousNumber as exc:
         raise UserError(f"--set {quote(item)}: {exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {quote(item)}: the value is not valid YAML ({exc})") from exc
     return key, value
 
 
-def load_yaml(path: str | Path, what: str) -> dict:
-    """Read a YAML mapping of config keys; every way a file can be wrong is a UserError."""
+def read_yaml_file(path: str | Path, what: str, *, example: str = "") -> Any:
+    """The YAML document of the file at ``path`` (``what`` names it in messages: "config file",
+    "table spec", ...), parsed with mtlbench's YAML rules (:func:`guarded_yaml_load`); every way
+    a file can be wrong is a UserError naming it: missing, a directory, not a regular file (a FIFO
+    is never opened: it would block), unreadable, not UTF-8, aliases that expand it hugely, an
+    ambiguous number, invalid YAML.  ``example`` is a hint of what the file should hold.  The
+    one reader of user YAML files (config files, table specs, claims files)."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{what} {str(p)!r} is a directory, not a YAML file",
-                        hint="pass the experiment file itself, e.g. --config DIR/exp.yaml")
+                        hint=f"pass the {what} itself" + (f" ({example})" if example else ""))
     if not p.is_file():
-        raise UserError(f"{what} {str(p)!r} does not exist" if not p.exists()
-                        else f"{what} {str(p)!r} is not a regular file", hint="check the path")
+        if not p.exists():
+            raise UserError(f"{what} {str(p)!r} does not exist", hint="check the path")
+        from .data.base import not_a_regular_file
+
+        raise UserError(f"{what} {str(p)!r} is not a regular file ({not_a_regular_file(str(p)) or 'unknown kind'})",
+                        hint="pass a YAML file; a FIFO or device is not read (it could block or never end)")
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -510,18 +548,24 @@ def load_yaml(path: str | Path, what: str) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{what} {str(p)!r} is not a text file (not UTF-8 at byte {exc.start})",
-                        hint="pass a YAML file of config keys, e.g. `train: {epochs: 5}`") from None
+                        hint=f"pass a YAML file (UTF-8 text)" + (f", e.g. {example}" if example else "")) from None
     try:
-        data = yaml_load(text)
+        return yaml_load(text)
     except YAMLTooLarge as exc:
         raise UserError(f"{what} {str(p)!r} is refused: {exc} ({len(raw)} bytes of YAML; mtlbench reads "
                         f"at most {MAX_YAML_NODES} values)",
                         hint="write the values out; YAML anchors and aliases (&name, *name) are for "
                              "sharing a few values, not for building large data") from None
-    except LeadingZeroError as exc:
+    except AmbiguousNumber as exc:
         raise UserError(f"{what} {str(p)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
+
+
+def load_yaml(path: str | Path, what: str) -> dict:
+    """Read a YAML mapping of config keys; every way a file can be wrong is a UserError."""
+    p = Path(path).expanduser()
+    data = read_yaml_file(p, what, example="`train: {epochs: 5}`")
     if data is None:
         return {}
     if not isinstance(data, dict):

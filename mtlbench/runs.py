@@ -142,7 +142,12 @@ def load_trained_method(record: dict, device: str = "cpu"):
     if not ckpt_path.is_file():
         raise UserError(f"the checkpoint {str(ckpt_path)!r} of run {record.get('_path')} is missing",
                         hint="run it again with --force to recreate it")
-    _, _, _, method = assemble(from_dict(record["config"]))
+    try:
+        cfg = from_dict(record["config"])
+    except UserError as exc:  # a record of an older mtlbench, or edited: say which record
+        raise UserError(f"run record {record.get('_path')}: its config is not one this mtlbench can "
+                        f"rebuild: {exc.message}", hint="train that run again with --force") from None
+    _, _, _, method = assemble(cfg)
     try:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_state_dict(state["model"])
@@ -205,12 +210,22 @@ def load_task_networks(run: RunContext | None, tasks: list[str], what: str, *,
                         hint=f"name one with --set {override_key}=PATH/TO/RECORD.json")
     else:
         rec = run.require(method, what, override_key=override_key)
-        where = f"the {method} run {rec['_path']}"
+        where = f"the {method} run {rec.get('_path')}"
     if rec.get("method") != method:
         raise UserError(f"{where} is a `{rec.get('method')}` run; {what} needs a `{method}` run",
                         hint=f"point {override_key} at a record under runs/*/*/{method}/")
+    # the record's shape is checked by read_record; what a teacher needs beyond it is checked here,
+    # before anything is rebuilt from it (a record without its setting would rebuild on defaults)
+    cfg = rec.get("config") or {}
+    absent = [f"config.{s}.name" for s in ("method", "backbone", "dataset")
+              if not isinstance(cfg.get(s), dict) or not isinstance(cfg[s].get("name"), str)]
+    if absent:
+        raise UserError(f"{where} records no {', '.join(absent)}, so the network it trained cannot be "
+                        f"rebuilt; {what} needs the record of a finished `{method}` run",
+                        hint=f"train the {method} run again with this mtlbench, or point {override_key} "
+                             f"at another record under runs/*/*/{method}/")
     if run is not None:
-        mine, theirs = run.cfg.name("backbone"), rec["config"]["backbone"].get("name")
+        mine, theirs = run.cfg.name("backbone"), cfg["backbone"]["name"]
         if theirs != mine:
             raise UserError(f"{where} was trained with backbone {theirs!r}, this run uses {mine!r}; "
                             "teacher and student features must match",

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
@@ -213,6 +214,23 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mtlbench"
 
 
+def not_a_regular_file(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (following links): ``"a FIFO (named pipe)"``,
+    ``"a directory"``, ...; None for a regular file.  Checked before a file is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: opening it says so
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def fingerprint(files: Iterable[str | os.PathLike], extra: Any = None) -> str:
     """A digest of the files' paths, sizes, modification and change times, inodes (and ``extra``)."""
     h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
@@ -245,6 +263,8 @@ def validated_once(root: str | os.PathLike, files: Iterable[str | os.PathLike], 
     fp = fingerprint(files, {"what": what, "version": VALIDATION_VERSION})
     path = _verdict_path(root)
     try:
+        if not_a_regular_file(str(path)):  # not a verdict this wrote (a FIFO would block the read)
+            raise OSError(f"{path} is not a regular file")
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == fp:
             return [Problem(**p) for p in saved.get("warnings", [])], True

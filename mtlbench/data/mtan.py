@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import CheckReport, DatasetPlugin, Problem, ProgressFn, validated_once
+from .base import CheckReport, DatasetPlugin, Problem, ProgressFn, not_a_regular_file, validated_once
 
 SPLITS = ("train", "val")
 #: MTAN's RandomScaleCrop scales
@@ -89,23 +88,6 @@ def read_npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
         return tuple(shape), dtype, fh.tell()
-
-
-def not_a_regular_file(path: str) -> str | None:
-    """What ``path`` is when it is not a regular file (following links): ``"a FIFO (named pipe)"``,
-    ``"a directory"``, ...; None for a regular file.  Checked before a file is opened."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None  # missing or unreadable: opening it says so
-    if stat.S_ISREG(mode):
-        return None
-    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return what
-    return "not a regular file"
 
 
 def _fmt_shape(shape) -> str:

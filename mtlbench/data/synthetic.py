@@ -28,7 +28,7 @@ import numpy as np
 from ..config import option
 from ..errors import UserError
 from ..registry import DATASETS
-from .base import CheckReport, DataConfig, DatasetPlugin, ProgressFn, cache_dir
+from .base import CheckReport, DataConfig, DatasetPlugin, ProgressFn, cache_dir, not_a_regular_file
 from .mtan import (CITYSCAPES, NYUV2, MTANDataset, MTANSpec, check_directory, check_split_name, reject_options,
                    validate_values)
 from .synth_render import (CITYSCAPES_CLASSES, DISPARITY_SCALE, GENERATOR_VERSION, GENERATOR_VERSIONS, NYUV2_CLASSES,
@@ -109,9 +109,17 @@ def generate(variant: str, out: str | os.PathLike, n_train: int, n_val: int, hei
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The manifest of a complete generated dataset at ``path``, else None."""
+    """The manifest of a complete generated dataset at ``path``, else None.  A manifest that is
+    not a regular file (a FIFO would block the open for ever) is a UserError naming it."""
+    file = os.path.join(os.fspath(path), MANIFEST)
+    kind = not_a_regular_file(file)
+    if kind:
+        raise UserError(f"{file} is not a regular file ({kind}); the manifest of a generated dataset "
+                        "is a JSON file, and it is not opened",
+                        hint=f"remove it and generate the data again (`mtlbench data synth`), or pass "
+                             f"another directory")
     try:
-        with open(os.path.join(os.fspath(path), MANIFEST)) as fh:
+        with open(file) as fh:
             m = json.load(fh)
     except (OSError, ValueError):
         return None

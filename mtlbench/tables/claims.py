@@ -47,10 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
 from .. import stats
-from ..errors import UserError
+from ..errors import UserError, quote
 from ..stats import (CONTRADICTED, INCONCLUSIVE, MIN_SEEDS, REPRODUCED, SMALLER, TOO_FEW, UNDERPOWERED,
                      ClaimVerdict)
 from .aggregate import BuiltTable, Comparison, describe_summary, footing_text, threads_text
@@ -89,14 +87,20 @@ class Claim:
 
 def load_claims(path: str | Path | None = None) -> list[Claim]:
     """The claims of ``claims.yaml`` (or of the YAML at ``path``)."""
+    from ..config import read_yaml_file
+
     p = Path(path) if path is not None else CLAIMS_PATH
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"claims file {p} cannot be read: {exc}") from exc
+    data = read_yaml_file(p, "claims file", example="`claims: [{id: ..., table: 1, text: ..., best: okd}]`") or {}
+    if not isinstance(data, dict) or not isinstance(data.get("claims") or [], list):
+        got = data if not isinstance(data, dict) else data["claims"]
+        raise UserError(f"claims file {p} is malformed: it must hold `claims:`, a list of claims, "
+                        f"not {type(got).__name__}",
+                        hint="see mtlbench/tables/claims.yaml for the form of a claim")
     claims = []
     for i, d in enumerate(data.get("claims") or []):
-        where = f"claims file {p}, claim {i + 1} ({d.get('id', '?') if isinstance(d, dict) else d!r})"
+        ident = d.get("id", "?") if isinstance(d, dict) else d
+        ident = ident if isinstance(ident, str) and len(ident) <= 200 else quote(ident, 200)
+        where = f"claims file {p}, claim {i + 1} ({ident})"
         if not isinstance(d, dict) or not {"id", "table", "text"} <= set(d):
             raise UserError(f"{where}: a claim needs id, table and text")
         unknown = set(d) - _KEYS

@@ -158,9 +158,13 @@ def available_tables() -> list[str]:
 
 def _is_table_spec(p: Path) -> bool:
     """Whether a YAML beside the specs is a table (the claims file is not)."""
+    from ..config import guarded_yaml_load
+
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        if not p.is_file():  # a FIFO is never opened (it would block)
+            return False
+        data = guarded_yaml_load(p.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return False
     return isinstance(data, dict) and "sections" in data and "columns" in data
 
@@ -190,16 +194,13 @@ def spec_path(ref: str | int, flag: str = "--id") -> Path:
 
 def load_spec(ref: str | int, flag: str = "--id") -> TableSpec:
     """Load and check a table spec: a number (``1``..``5``) or a path to a YAML file."""
-    from ..config import YAMLTooLarge, guarded_yaml_load
+    from ..config import read_yaml_file
 
     path = spec_path(ref, flag)
-    try:
-        data = guarded_yaml_load(path.read_text(), yaml.SafeLoader) or {}
-    except YAMLTooLarge as exc:
-        raise UserError(f"table spec {path} is refused: {exc}",
-                        hint="write the values out; YAML anchors and aliases are for sharing a few values") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"table spec {path} is not valid YAML: {exc}") from exc
+    data = read_yaml_file(path, "table spec", example="`dataset: nyuv2` with `sections:` and `columns:`") or {}
+    if not isinstance(data, dict):
+        raise UserError(f"table spec {path} is malformed: it holds {type(data).__name__}, not a mapping",
+                        hint="a table spec maps dataset, columns and sections (see mtlbench/tables/table1.yaml)")
     try:
         return parse_spec(data, source=str(path))
     except (KeyError, TypeError, ValueError) as exc:
