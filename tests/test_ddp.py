@@ -48,7 +48,6 @@ EQUAL = ["dataset.n_train=7", "train.batch_size=4", "train.max_steps_per_epoch=n
 EQUALITY = {
     "baseline": ["train.epochs=2"],
     "dwa": ["train.epochs=3"],
-    "pcgrad": ["train.epochs=2"],
     # random weights from the global stream, which rank 0's evaluation advances: the processes'
     # streams must stay one
     "rlw": ["train.epochs=2"],
@@ -56,6 +55,7 @@ EQUALITY = {
 }
 #: more methods checked the same way in the slow part
 EQUALITY_SLOW = {
+    "pcgrad": ["train.epochs=2"],
     "uw": ["train.epochs=2"],
     "imtl_l": ["train.epochs=2"],
     "mgda": ["train.epochs=2", "method.grad_on=features"],
@@ -183,9 +183,9 @@ def _check_equal(tmp: Path, res: dict, name: str) -> float:
 
 
 # ---------------------------------------------------------------------------
-# one pair of worker processes for the default tests: the equality runs, the contract
-# matrix, the refusals inside the processes, a kill and resume (it is starting processes that
-# costs: one pair of processes for all)
+# one pair of worker processes for the default tests: the equality runs of baseline, DWA, RLW
+# and OKD-MTL and the refusals inside the processes (it is starting processes that costs: one
+# pair of processes for all); the one-step matrix of every method is slow (its own pair)
 # ---------------------------------------------------------------------------
 
 def _matrix_methods() -> list[str]:
@@ -198,9 +198,6 @@ def _matrix_methods() -> list[str]:
 def pair(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     jobs = _equality_jobs(tmp, EQUALITY)
-    for m in _matrix_methods():
-        jobs.append({"name": f"matrix-{m}", "method": m, "out": str(tmp / "matrix"),
-                     "sets": [*DATA, "train.max_steps_per_epoch=1", *MATRIX_SETS.get(m, [])]})
     jobs += [
         {"name": "refuse-batch", "method": "baseline", "out": str(tmp / "refuse"),
          "sets": [*DATA, "train.batch_size=3"]},
@@ -221,9 +218,20 @@ def test_two_processes_train_the_single_process_run(pair, name):
     _check_equal(tmp, res, name)
 
 
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """Every registered method, one step over two processes (slow: one job per method)."""
+    tmp = tmp_path_factory.mktemp("ddp-matrix")
+    jobs = [{"name": f"matrix-{m}", "method": m, "out": str(tmp / "matrix"),
+             "sets": [*DATA, "train.max_steps_per_epoch=1", *MATRIX_SETS.get(m, [])]}
+            for m in _matrix_methods()]
+    return tmp, run_workers(tmp, jobs)
+
+
+@pytest.mark.slow  # ~25 s on 2 shared cores: every registered method trains one step
 @pytest.mark.parametrize("method", _matrix_methods())
-def test_every_method_trains_a_step_over_two_processes(pair, method):
-    tmp, res = pair
+def test_every_method_trains_a_step_over_two_processes(matrix, method):
+    tmp, res = matrix
     assert res[f"matrix-{method}"] == [{"ok": True}, {"ok": True}], (res[f"matrix-{method}"], res["_log"][-3000:])
     recs = [json.loads(p.read_text()) for p in (tmp / "matrix").glob(f"runs/**/{method}/*.json")]
     assert len(recs) == 1, "one record, written once"
