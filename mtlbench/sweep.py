@@ -26,6 +26,14 @@ Executors:
   refs, so Ray starts it only after they finished.  On a cluster, ``--out``
   must be a directory every node sees (a shared filesystem) and mtlbench must
   be installed on every node.
+* ``slurm`` (``pip install -e ".[slurm]"``): the runs as submitit job arrays
+  (:mod:`mtlbench.slurm`), one array per wave of runs whose dependencies are
+  done (``stl`` before ``kd_mtl``: two waves), each array task one run given its
+  config dict, with the partition, time limit, GPUs and CPUs of
+  :class:`mtlbench.slurm.SlurmOptions`; a preempted or timed-out job requeues and
+  resumes from the run's checkpoint.  The sweep waits for the jobs, saying when
+  each is queued, running, done or failed.  ``--out`` must be on a filesystem the
+  nodes share.
 
 Two workers never train the same run: records are written atomically at a
 path unique to the run's identity, and :func:`mtlbench.trainer.train` holds
@@ -53,7 +61,7 @@ from .tables.datasets import needs_root
 from .tables.plan import Job, RecordIndex, Setting, plan_runs
 from .tables.spec import TableSpec
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 # ---------------------------------------------------------------------------
@@ -108,14 +116,16 @@ def execute(cfg, out: str | Path, quiet: bool = False) -> dict:
 @dataclass
 class Outcome:
     job: Job
-    status: str  # done | exists | failed | skipped
+    status: str  # done | exists | failed | skipped; slurm, when the sweep stopped waiting: queued | running
     detail: str = ""
     seconds: float = 0.0
+    ref: str = ""  # the cluster's job id (slurm)
 
 
 @dataclass
 class SweepResult:
     outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False  # slurm: the sweep stopped waiting; queued and running jobs go on
 
     @property
     def failed(self) -> list[Outcome]:
@@ -125,9 +135,9 @@ class SweepResult:
         counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
-        order = ["done", "exists", "failed", "skipped"]
+        order = ["done", "exists", "running", "queued", "failed", "skipped"]
         names = {"done": "trained", "exists": "already recorded", "failed": "failed",
-                 "skipped": "skipped (a dependency failed)"}
+                 "skipped": "skipped (a dependency failed)", "running": "running", "queued": "queued"}
         return ", ".join(f"{counts[k]} {names[k]}" for k in order if counts.get(k)) or "nothing to run"
 
 
@@ -225,8 +235,8 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
     return res
 
 
-def _ray_payload(job: Job, device: str | None) -> dict:
-    """The config dict a Ray task trains: ``dataset.root`` absolute (workers do not share the
+def _job_payload(job: Job, device: str | None) -> dict:
+    """The config dict a Ray task or SLURM job trains: ``dataset.root`` absolute (workers do not share the
     driver's cwd), ``train.device`` as asked."""
     cfg = job_config(job, device=device)
     data = copy.deepcopy(cfg.data)
@@ -234,6 +244,9 @@ def _ray_payload(job: Job, device: str | None) -> dict:
     if root:
         data["dataset"]["root"] = str(Path(root).expanduser().resolve())
     return data
+
+
+_ray_payload = _job_payload
 
 
 def _ray_execute(cfg_data: dict, out: str, quiet: bool, *deps) -> dict:
@@ -318,6 +331,130 @@ def run_ray(jobs: list[Job], payloads: dict[tuple, dict], out: str | Path, echo:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _waves(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs by dependency depth within ``jobs`` (those needing nothing still to run first)."""
+    depth: dict[tuple, int] = {}
+    for job in jobs:  # in plan order: dependencies come first
+        depth[job.key] = 1 + max((depth[d] for d in job.deps if d in depth), default=-1)
+    waves: list[list[Job]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for job in jobs:
+        waves[depth[job.key]].append(job)
+    return waves
+
+
+def submit_wave(executor, jobs: list[Job], payloads: dict[tuple, dict], out: Path) -> list:
+    """Submit ``jobs`` as one submitit batch (a SLURM job array when more than one): one
+    :class:`mtlbench.slurm.SlurmRun` each; returns the submitit jobs, in order."""
+    from . import slurm
+
+    try:
+        with executor.batch():
+            handles = [executor.submit(slurm.SlurmRun(payloads[j.key], str(out), j.describe())) for j in jobs]
+    except Exception as exc:  # sbatch refused (a partition that does not exist, a bad option)
+        raise UserError(f"--executor slurm: the job array could not be submitted: {slurm.error_line(exc)}",
+                        hint="check --slurm-partition, --slurm-gpus, --slurm-cpus and --slurm-extra "
+                             "against the cluster's sinfo") from None
+    return handles
+
+
+def run_slurm(jobs: list[Job], payloads: dict[tuple, dict], out: str | Path, echo: Callable[[str], None], *,
+              options=None, cluster: str | None = None, poll_s: float | None = None) -> SweepResult:
+    """Each wave of runs (:func:`_waves`) a submitit job array of :class:`mtlbench.slurm.SlurmRun`;
+    waits for every job, reporting each as queued, running, done or failed; a run whose
+    dependency failed is skipped. Ctrl-C while waiting stops the waiting only: the result lists
+    the runs still queued or running (their jobs go on) and the ones not submitted as skipped."""
+    from . import slurm
+
+    slurm.require_submitit()
+    opts = options or slurm.SlurmOptions()
+    cluster = cluster or slurm.cluster()
+    out_abs = Path(out).expanduser().resolve()
+    folder = Path(opts.folder).expanduser().resolve() if opts.folder else out_abs / "logs" / "slurm"
+    executor = slurm.make_executor(folder / "%j", opts, cluster)
+    if poll_s is None:
+        poll_s = 15.0 if cluster == "slurm" else 0.5
+    res = SweepResult()
+    status: dict[tuple, str] = {}
+    waves = _waves(jobs)
+    n, seen = len(jobs), 0
+    live: dict[tuple, tuple] = {}  # submitted, not finished: key -> (job, submitit job, start)
+    try:
+        for w, wave in enumerate(waves, 1):
+            todo = []
+            for job in wave:
+                if _blocked(job, status):
+                    status[job.key] = "skipped"
+                    res.outcomes.append(Outcome(job, "skipped", "a run it needs failed"))
+                    echo(f"{job.describe()}: skipped, a run it needs failed")
+                else:
+                    todo.append(job)
+            if not todo:
+                continue
+            handles = submit_wave(executor, todo, payloads, out_abs)
+            ids = [str(h.job_id) for h in handles]
+            array = ids[0].split("_")[0] if "_" in ids[0] else ", ".join(ids)
+            wave_txt = f"wave {w}/{len(waves)}: " if len(waves) > 1 else ""
+            echo(f"{wave_txt}submitted {len(todo)} run{'s' if len(todo) > 1 else ''} to {cluster} as "
+                 f"{'job array ' + array if len(todo) > 1 and '_' in ids[0] else 'job ' + array} "
+                 f"({opts.describe()}); logs under {folder}")
+            live.update({j.key: (j, h, time.perf_counter()) for j, h in zip(todo, handles)})
+            said: dict[tuple, str] = {}
+            while live:
+                for key, (job, h, t0) in list(live.items()):
+                    ph = slurm.phase(h)
+                    if ph != "finished":
+                        if said.get(key) != ph:
+                            again = " (requeued)" if said.get(key) == "running" and ph == "queued" else ""
+                            said[key] = ph
+                            echo(f"{job.describe()}: {ph}{again} (job {h.job_id})")
+                        continue
+                    del live[key]
+                    seen += 1
+                    dt = time.perf_counter() - t0
+                    try:
+                        out_ = h.result()
+                    except Exception as exc:
+                        status[key] = "failed"
+                        detail = slurm.error_line(exc, h)
+                        res.outcomes.append(Outcome(job, "failed", detail, dt, str(h.job_id)))
+                        echo(f"[{seen}/{n}] {job.describe()}: FAILED (job {h.job_id}): {detail}")
+                        continue
+                    status[key] = out_["status"]
+                    tries = out_.get("attempt", 1)
+                    res.outcomes.append(Outcome(job, out_["status"], out_.get("record") or "", dt, str(h.job_id)))
+                    echo(f"[{seen}/{n}] {job.describe()}: "
+                         f"{'done' if out_['status'] == 'done' else 'already recorded'} (job {h.job_id}"
+                         + (f", {tries} attempts" if tries > 1 else "") + f") -> {out_.get('record')}")
+                if live:
+                    time.sleep(poll_s)
+    except KeyboardInterrupt:
+        res.interrupted = True
+        done_keys = {o.job.key for o in res.outcomes}
+        going = []
+        for key, (job, h, t0) in live.items():
+            try:
+                ph = slurm.phase(h)
+            except Exception:  # the cluster cannot be asked now
+                ph = "queued"
+            if ph == "finished":  # finished meanwhile
+                try:
+                    out_ = h.result()
+                    res.outcomes.append(Outcome(job, out_["status"], out_.get("record") or "", 0.0, str(h.job_id)))
+                except Exception as exc:
+                    res.outcomes.append(Outcome(job, "failed", slurm.error_line(exc, h), 0.0, str(h.job_id)))
+                done_keys.add(key)
+                continue
+            res.outcomes.append(Outcome(job, ph, "its job goes on", 0.0, str(h.job_id)))
+            done_keys.add(key)
+            going.append(str(h.job_id))
+        for job in jobs:
+            if job.key not in done_keys:
+                res.outcomes.append(Outcome(job, "skipped", "not submitted (the sweep was interrupted)"))
+        echo("sweep interrupted: " + (f"the jobs {', '.join(going)} go on (scancel to stop them); "
+                                      if going else "") + "run the sweep again to submit the rest")
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +561,7 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
 def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, address: str | None = None,
               device: str | None = None, cpus: float = 1.0, gpus: float | None = None,
               quiet: bool = False, echo: Callable[[str], None] = print,
-              ray_init: dict | None = None, retrain_lost: bool = False) -> SweepResult:
+              ray_init: dict | None = None, retrain_lost: bool = False, slurm=None) -> SweepResult:
     """Run the plan's missing runs with the chosen executor.
 
     Unreadable record files of planned runs are moved aside first (so the run
@@ -432,10 +569,16 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
     recorded run whose checkpoint a run to do loads but that is gone
     (:meth:`SweepPlan.lost_checkpoints`) stops the sweep before anything trains,
     unless ``retrain_lost``: then its record is moved aside to
-    ``<name>.replaced-<time>`` and it is trained again first.
+    ``<name>.replaced-<time>`` and it is trained again first.  ``slurm``: the
+    :class:`mtlbench.slurm.SlurmOptions` of ``executor="slurm"``.
     """
     if executor not in EXECUTORS:
-        raise UserError(f"--executor {executor!r} is not an executor", hint="use local or ray")
+        raise UserError(f"--executor {executor!r} is not an executor", hint="use local, ray or slurm")
+    if executor == "slurm":
+        from .slurm import cluster, require_submitit
+
+        require_submitit()  # before anything is moved or trained
+        cluster()
     s = plan.setting
     lost = plan.lost_checkpoints()
     if lost and not retrain_lost:
@@ -476,12 +619,14 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", jobs: int = 1, addres
         return SweepResult()
     out = Path(s.out)
     # subprocess and Ray workers write logs, not progress bars
-    if executor == "ray":
+    if executor in ("ray", "slurm"):
         payloads = {}
         for j in todo:
             if j.config is None:
                 raise UserError(f"{j.describe()}: its config cannot be resolved here: {j.config_error}")
-            payloads[j.key] = _ray_payload(j, device)
+            payloads[j.key] = _job_payload(j, device)
+        if executor == "slurm":
+            return run_slurm(todo, payloads, out, echo, options=slurm)
         return run_ray(todo, payloads, out, echo, address=address, cpus=cpus, gpus=gpus, init_kwargs=ray_init)
     if jobs > 1:
         argvs = {j.key: job_argv(j, device=device, quiet=True) for j in todo}
