@@ -48,6 +48,7 @@ EQUAL = ["dataset.n_train=7", "train.batch_size=4", "train.max_steps_per_epoch=n
 EQUALITY = {
     "baseline": ["train.epochs=2"],
     "dwa": ["train.epochs=3"],
+    "pcgrad": ["train.epochs=2"],
     # random weights from the global stream, which rank 0's evaluation advances: the processes'
     # streams must stay one
     "rlw": ["train.epochs=2"],
@@ -55,7 +56,6 @@ EQUALITY = {
 }
 #: more methods checked the same way in the slow part
 EQUALITY_SLOW = {
-    "pcgrad": ["train.epochs=2"],
     "uw": ["train.epochs=2"],
     "imtl_l": ["train.epochs=2"],
     "mgda": ["train.epochs=2", "method.grad_on=features"],
@@ -183,9 +183,9 @@ def _check_equal(tmp: Path, res: dict, name: str) -> float:
 
 
 # ---------------------------------------------------------------------------
-# one pair of worker processes for the default tests: the equality runs of baseline, DWA, RLW
-# and OKD-MTL and the refusals inside the processes (it is starting processes that costs: one
-# pair of processes for all); the one-step matrix of every method is slow (its own pair)
+# two pairs of worker processes for the default tests: the equality runs of baseline, DWA,
+# PCGrad, RLW and OKD-MTL with the refusals inside the processes, and the one-step matrix of
+# every method (it is starting processes that costs; two pairs run beside each other under xdist)
 # ---------------------------------------------------------------------------
 
 def _matrix_methods() -> list[str]:
@@ -220,7 +220,8 @@ def test_two_processes_train_the_single_process_run(pair, name):
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every registered method, one step over two processes (slow: one job per method)."""
+    """Every registered method, one step over two processes (its own pair of processes, so that
+    xdist can run it beside the equality pair)."""
     tmp = tmp_path_factory.mktemp("ddp-matrix")
     jobs = [{"name": f"matrix-{m}", "method": m, "out": str(tmp / "matrix"),
              "sets": [*DATA, "train.max_steps_per_epoch=1", *MATRIX_SETS.get(m, [])]}
@@ -228,7 +229,6 @@ def matrix(tmp_path_factory):
     return tmp, run_workers(tmp, jobs)
 
 
-@pytest.mark.slow  # ~25 s on 2 shared cores: every registered method trains one step
 @pytest.mark.parametrize("method", _matrix_methods())
 def test_every_method_trains_a_step_over_two_processes(matrix, method):
     tmp, res = matrix
