@@ -214,7 +214,7 @@ CASES = [
     Case("sweep-address-without-ray", "sweep --table 1 --address 1.2.3.4 --dry-run --out {results}",
          ["--address"]),
     Case("sweep-ray-with-jobs", "sweep --table 1 --executor ray --jobs 2 --dry-run --out {results}", ["--jobs"]),
-    Case("sweep-executor", "sweep --table 1 --executor slurm --out {results}", ["--executor"]),
+    Case("sweep-executor", "sweep --table 1 --executor pbs --out {results}", ["--executor", "pbs"]),
     Case("sweep-preset", "sweep --table 1 --preset fast --dry-run --out {results}", ["fast"]),
     Case("sweep-out-file", "sweep --table 1 --dry-run --out {afile}", ["--out", "{afile}"]),
     # --- plot -------------------------------------------------------------------------------
