@@ -341,3 +341,20 @@ def test_sweeps_order_the_requirements_of_a_weighting_on_any_architecture():
     assert _requires("kd_mtl", {"architecture": "mtan"}, []) == ["stl"]
     assert _requires("okd", {"architecture": "mtan", "teachers": "pretrained"}, []) == ["stl"]
     assert _requires("uw", {"architecture": "cross_stitch", "groups": 2}, []) == []
+
+
+def test_the_extended_tables_axes_section_marks_exactly_the_undefined_pairs():
+    """Every weighting of the section on every architecture, '-' exactly where the pair refuses to build."""
+    from mtlbench.tables.spec import load_spec
+
+    spec = load_spec("extended")
+    section = next(s for s in spec.sections if s.title.startswith("Architecture x weighting"))
+    cells = {}
+    for row in section.rows:
+        pair = ALIASES.get(row.method, (row.method, row.overrides.get("architecture", "hard")))
+        assert pair not in cells, f"{row.key} repeats {pair}"
+        cells[pair] = row
+    assert set(cells) == {(w, a) for w in ("baseline", "uw", "pcgrad") for a in ARCHITECTURES.names()}
+    for (weighting, arch), row in cells.items():
+        for backbone in spec.backbones:
+            assert bool(row.unsupported.get(backbone)) == bool(_undefined(weighting, arch, backbone)), row.key

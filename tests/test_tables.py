@@ -102,15 +102,17 @@ def test_ablation_tables_agree_with_table1():
 
 
 def test_spec_rows_name_registered_methods_and_valid_options():
-    from mtlbench.config import build_dataclass
-    from mtlbench.registry import BACKBONES, METHODS
+    from mtlbench.config import build_dataclass, plugin_config_class
+    from mtlbench.registry import BACKBONES
 
     for t in available_tables():
         spec = load_spec(t)
         for bb in spec.backbones:
             assert bb in BACKBONES, bb
         for row in spec.rows(hidden=True):
-            cls = METHODS.get(row.method).Config
+            arch = row.overrides.get("architecture")
+            # the method's Config joined with its architecture's options (method.architecture)
+            cls = plugin_config_class("method", row.method, {} if arch is None else {"architecture": arch})
             # raises a UserError for an unknown key or a value of the wrong type
             build_dataclass(cls, {"name": row.method, **row.overrides}, "method", {})
     assert load_spec(4).row("pretrained_afd").overrides == {"teachers": "pretrained", "otw": False}
