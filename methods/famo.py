@@ -120,7 +120,7 @@ class FAMO(Method):
 
     # -- what trains what ----------------------------------------------------
     def param_groups(self):
-        return self.network_groups([p for n, p in self.named_parameters() if p.requires_grad and n != "logits"])
+        return self.network_groups_except("logits")
 
     def optimizers(self):
         return [OptimizerSpec("model", self.param_groups()),

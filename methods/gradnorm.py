@@ -103,8 +103,7 @@ class GradNorm(Method):
     # -- what trains what ----------------------------------------------------
     def param_groups(self):
         # w is trained by its own optimiser on L_grad, never by the network's.
-        return self.network_groups([p for n, p in self.named_parameters()
-                                    if p.requires_grad and n != "task_weights"])
+        return self.network_groups_except("task_weights")
 
     def optimizers(self):
         return [OptimizerSpec("model", self.param_groups()),

@@ -73,11 +73,7 @@ class IMTLL(Method):
         self.log_scales = nn.Parameter(torch.full((len(self.task_names),), float(self.cfg.init_scale)))
 
     def param_groups(self):
-        net = [p for n, p in self.named_parameters() if p.requires_grad and n != "log_scales"]
-        s_group = {"params": [self.log_scales], "weight_decay": 0.0}
-        if self.cfg.s_lr is not None:
-            s_group["lr"] = self.cfg.s_lr
-        return [*self.network_groups(net), s_group]
+        return self.with_learned_group("log_scales", self.cfg.s_lr)
 
     def effective_weights(self) -> dict[str, float]:
         """The factor each task's loss is multiplied by: e^(s_i)."""

@@ -68,11 +68,7 @@ class UncertaintyWeighting(Method):
                            for t, task in self.tasks.items()}
 
     def param_groups(self):
-        net = [p for n, p in self.named_parameters() if p.requires_grad and n != "log_vars"]
-        s_group = {"params": [self.log_vars], "weight_decay": 0.0}
-        if self.cfg.s_lr is not None:
-            s_group["lr"] = self.cfg.s_lr
-        return [*self.network_groups(net), s_group]
+        return self.with_learned_group("log_vars", self.cfg.s_lr)
 
     def effective_weights(self) -> dict[str, float]:
         """The factor each task's loss is multiplied by: c_k · e^(-s_k)."""

@@ -632,6 +632,19 @@ class Method(nn.Module):
                 out.append({**g, "params": ps})
         return out
 
+    def network_groups_except(self, *names: str) -> list[dict]:
+        """:meth:`network_groups` of every trainable parameter of the method but its own ``names``
+        (a learned task weighting's parameters, trained in a group or an optimiser of their own)."""
+        return self.network_groups([p for n, p in self.named_parameters() if p.requires_grad and n not in names])
+
+    def with_learned_group(self, name: str, lr: float | None) -> list[dict]:
+        """The network's groups and, after them, a group of the method's parameter ``name`` alone,
+        without weight decay, at ``lr`` (None: ``train.lr``), as UW and IMTL-L train their s."""
+        group = {"params": [getattr(self, name)], "weight_decay": 0.0}
+        if lr is not None:
+            group["lr"] = lr
+        return [*self.network_groups_except(name), group]
+
     def optimizers(self) -> list[OptimizerSpec]:
         """Every optimiser the method needs (see :class:`OptimizerSpec` and the step rule).
 
