@@ -139,6 +139,13 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
                 torch.save(obj, sink)
                 sink.flush()
             except Exception as exc:
+                # Ctrl-C or SIGTERM (Terminated) raised inside a write: torch's zip writer buries it
+                # under "unexpected pos"; raise it again, so the run unwinds as on any interruption
+                seen = exc
+                while seen is not None and not isinstance(seen, KeyboardInterrupt):
+                    seen = seen.__cause__ or seen.__context__
+                if seen is not None:
+                    raise seen from None
                 cause, seen = sink.error, exc  # else the OSError torch's own error arose from
                 while cause is None and seen is not None:
                     cause = seen if isinstance(seen, OSError) else None

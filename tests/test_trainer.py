@@ -183,6 +183,62 @@ TERM_SCRIPT = textwrap.dedent("""
 """)
 
 
+# SIGTERM in the middle of writing a checkpoint: the second epoch's last.pt, after its first
+# 4 KiB have gone to the temporary file (the handler raises where the process is, inside torch.save)
+TERM_IN_SAVE_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import mtlbench.records as R
+    from mtlbench.cli import main
+    write, seen, sent = R._WriteErrors.write, [], []
+    def writing(self, data):
+        name = os.path.basename(getattr(self.fh, "name", ""))
+        if name.startswith(".last.pt.") and name not in seen:
+            seen.append(name)
+        if len(seen) == 2 and not sent and self.fh.tell() >= 4096:
+            sent.append(self.fh.tell())
+            print("sigterm-at", self.fh.tell(), file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return write(self, data)
+    R._WriteErrors.write = writing
+    sets = [a for s in sys.argv[2:] for a in ("--set", s)]
+    sys.exit(main(["run", "--preset", "smoke", "--quiet", "--out", sys.argv[1], *sets]))
+""")
+
+
+def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_path):
+    """Killed while last.pt is half-written: exit 143 with no traceback, no temporary file, the
+    previous checkpoint intact; --resume ends with the uninterrupted run's metrics and step log."""
+    from conftest import shrink_sets
+
+    import torch
+
+    sets = [*INTERRUPTED_SETS, *shrink_sets("vit_tiny")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    killed = tmp_path / "killed"
+    script = tmp_path / "term_in_save.py"
+    script.write_text(TERM_IN_SAVE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(killed), *sets], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "sigterm-at" in proc.stderr, "the signal was sent inside the second checkpoint's write"
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "terminated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(killed.rglob("*.tmp")), "no temporary file left behind"
+    assert not list(killed.rglob("*.lock")), "the run's lock is released"
+    (last,) = list((killed / "checkpoints").rglob("last.pt"))
+    state = torch.load(last, map_location="cpu", weights_only=False)  # whole: it loads
+    assert state["epoch"] == 1  # epochs done: the first one's checkpoint
+    assert not (killed / "runs").exists() or not list((killed / "runs").rglob("*.json"))
+
+    args = ["run", "--preset", "smoke", "--quiet", *[a for s in sets for a in ("--set", s)]]
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    fresh = tmp_path / "fresh"
+    assert main([*args, "--out", str(fresh)]) == 0
+    a, b = _record(killed), _record(fresh)
+    assert a["metrics"] == b["metrics"]
+    assert _rows(a, "steps_file") == _rows(b, "steps_file")
+    assert not list(killed.rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
 def test_interrupted_mid_epoch_then_resume_matches_uninterrupted(tmp_path, how):
     from conftest import shrink_sets
