@@ -150,25 +150,28 @@ def test_torch_save_failure_is_raised_as_the_oserror_it_was(tmp_path, monkeypatc
     assert target.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [target]
 
 
-def test_an_interrupt_inside_torch_save_is_raised_as_the_interrupt_it_was(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_inside_torch_save_is_raised_as_the_interrupt_it_was(tmp_path, monkeypatch, signal_name):
     """Ctrl-C or SIGTERM inside a write: torch buries it under "unexpected pos"; it comes out as
     itself (so the CLI exits 130 / 143, not with a traceback), the previous file intact."""
     import torch
 
     from mtlbench.cli import Terminated
 
+    interrupt = {"SIGINT": KeyboardInterrupt, "SIGTERM": Terminated}[signal_name]
     write = records._WriteErrors.write
 
     def interrupted(self, data):
         if self.fh.tell() >= 1024:
-            raise Terminated()
+            raise interrupt()
         return write(self, data)
 
     monkeypatch.setattr(records._WriteErrors, "write", interrupted)
     target = tmp_path / "w.pt"
     target.write_bytes(b"previous")
-    with pytest.raises(Terminated):
+    with pytest.raises(interrupt) as raised:
         records.atomic_torch_save(target, {"w": torch.zeros(10_000)})
+    assert type(raised.value) is interrupt
     assert target.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [target]
 
 
