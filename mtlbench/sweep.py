@@ -187,51 +187,61 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
     todo_keys = {j.key for j in jobs}
     n = len(jobs)
     started = 0
-    while pending or running:
-        for job in list(pending):
-            if len(running) >= k:
-                break
-            if _blocked(job, status):
+    try:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= k:
+                    break
+                if _blocked(job, status):
+                    pending.remove(job)
+                    status[job.key] = "skipped"
+                    res.outcomes.append(Outcome(job, "skipped", "a run it needs failed"))
+                    echo(f"{job.describe()}: skipped, a run it needs failed")
+                    continue
+                if not all(status.get(d) in ("done", "exists") for d in job.deps if d in todo_keys):
+                    continue  # a run it needs is still to finish
                 pending.remove(job)
-                status[job.key] = "skipped"
-                res.outcomes.append(Outcome(job, "skipped", "a run it needs failed"))
-                echo(f"{job.describe()}: skipped, a run it needs failed")
-                continue
-            if not all(status.get(d) in ("done", "exists") for d in job.deps if d in todo_keys):
-                continue  # a run it needs is still to finish
-            pending.remove(job)
-            started += 1
-            if job.config is None:
-                status[job.key] = "failed"
-                res.outcomes.append(Outcome(job, "failed", str(job.config_error)))
-                echo(f"[{started}/{n}] {job.describe()}: FAILED: {job.config_error}")
-                continue
-            paths = RunPaths.for_config(job.config, out)
-            log = out / "logs" / "sweep" / paths.rel.with_suffix(".log")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(log, "ab")
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argvs[job.key]], stdout=fh,
-                                    stderr=subprocess.STDOUT, env=env)
-            running[job.key] = (job, proc, fh, time.perf_counter(), log)
-            echo(f"[{started}/{n}] {job.describe()}: started (pid {proc.pid}, log {log})")
-        for key, (job, proc, fh, t0, log) in list(running.items()):
-            rc = proc.poll()
-            if rc is None:
-                continue
+                started += 1
+                if job.config is None:
+                    status[job.key] = "failed"
+                    res.outcomes.append(Outcome(job, "failed", str(job.config_error)))
+                    echo(f"[{started}/{n}] {job.describe()}: FAILED: {job.config_error}")
+                    continue
+                paths = RunPaths.for_config(job.config, out)
+                log = out / "logs" / "sweep" / paths.rel.with_suffix(".log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(log, "ab")
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argvs[job.key]], stdout=fh,
+                                        stderr=subprocess.STDOUT, env=env)
+                running[job.key] = (job, proc, fh, time.perf_counter(), log)
+                echo(f"[{started}/{n}] {job.describe()}: started (pid {proc.pid}, log {log})")
+            for key, (job, proc, fh, t0, log) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                fh.close()
+                del running[key]
+                dt = time.perf_counter() - t0
+                if rc == 0:
+                    status[key] = "done"
+                    res.outcomes.append(Outcome(job, "done", str(log), dt))
+                    echo(f"{job.describe()}: done in {dt:.0f}s")
+                else:
+                    status[key] = "failed"
+                    res.outcomes.append(Outcome(job, "failed", f"exit code {rc}; see {log}", dt))
+                    echo(f"{job.describe()}: FAILED (exit code {rc}); see {log}")
+            if running:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs stop too, each resumable (no orphans)
+        from .children import stop_children
+
+        stop_children([proc for _, proc, _, _, _ in running.values()])
+        for job, proc, fh, _, log in running.values():
             fh.close()
-            del running[key]
-            dt = time.perf_counter() - t0
-            if rc == 0:
-                status[key] = "done"
-                res.outcomes.append(Outcome(job, "done", str(log), dt))
-                echo(f"{job.describe()}: done in {dt:.0f}s")
-            else:
-                status[key] = "failed"
-                res.outcomes.append(Outcome(job, "failed", f"exit code {rc}; see {log}", dt))
-                echo(f"{job.describe()}: FAILED (exit code {rc}); see {log}")
-        if running:
-            time.sleep(poll_s)
+            echo(f"{job.describe()}: " + ("finished meanwhile" if proc.returncode == 0 else
+                                          f"stopped (exit code {proc.returncode}); the next sweep resumes it"))
+        raise
     return res
 
 

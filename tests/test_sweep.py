@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mtlbench import children
 from mtlbench import sweep as sw
 from mtlbench.cli import main as cli_main
 from mtlbench.cli.run import parse_run_argv
@@ -131,6 +132,55 @@ def test_run_processes_respects_dependencies(monkeypatch, tmp_path):
     assert set(started[2:]) == {"kd_mtl", "okd"}  # after stl finished
     assert all(o.status == "done" for o in res.outcomes)
     assert all(Path(o.detail).parent.parent.parent.parent.name == "sweep" for o in res.outcomes)
+
+
+#: stands in for `mtlbench run`: says it is ready, then trains "forever"; on SIGTERM it writes
+#: down that it stopped cleanly and exits 143, as mtlbench's handler does
+_CHILD = """
+import pathlib, signal, sys, time
+mark = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *a: (mark.with_suffix(".term").touch(), sys.exit(143)))
+mark.with_suffix(".ready").touch()
+time.sleep(120)
+"""
+
+
+def test_an_interrupted_sweep_stops_its_runs_instead_of_orphaning_them(monkeypatch, tmp_path):
+    """SIGTERM reaches only the sweep's process: its running children get SIGTERM (their clean,
+    resumable stop) and are reaped before the interruption goes on; none trains on as an orphan."""
+    plan = _plan(DEPS, tmp_path)
+    procs, real_popen, real_sleep = [], subprocess.Popen, sw.time.sleep
+
+    def fake_popen(cmd, **kw):
+        mark = tmp_path / cmd[cmd.index("--method") + 1]
+        procs.append(real_popen([sys.executable, "-c", _CHILD, str(mark)], **kw))
+        return procs[-1]
+
+    interrupted = []
+
+    def sleep(s):  # (time.sleep itself) the interruption arrives once both runs are under way
+        if not interrupted and len(procs) == 2 and \
+                all((tmp_path / f"{m}.ready").exists() for m in ("stl", "baseline")):
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real_sleep(min(s, 0.05))
+
+    monkeypatch.setattr(sw.subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(sw.time, "sleep", sleep)
+    monkeypatch.setattr(children, "GRACE_S", 0.2)
+    lines = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sw.run_sweep(plan, jobs=2, echo=lines.append)
+    finally:
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            p.kill()
+            p.wait()
+    assert not alive, "children left running"
+    assert len(procs) == 2 and all(p.returncode == 143 for p in procs)
+    assert all((tmp_path / f"{m}.term").exists() for m in ("stl", "baseline"))
+    assert sum("stopped (exit code 143); the next sweep resumes it" in line for line in lines) == 2
 
 
 def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trained_again(monkeypatch, tmp_path):

@@ -122,7 +122,6 @@ def launch(args: argparse.Namespace, cfg) -> int:
     MASTER_PORT; OMP_NUM_THREADS=1 unless set, as torchrun does).  The first process to
     fail stops the others; its exit code is the command's (2 for a UserError)."""
     import os
-    import signal
     import socket
     import subprocess
     import sys
@@ -159,12 +158,10 @@ def launch(args: argparse.Namespace, cfg) -> int:
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(0.05)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the processes get it too (checkpoints are kept)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the processes stop too (checkpoints are kept)
+        from ..children import stop_children
+
+        stop_children(procs)
         raise
     for p in procs:  # one failed: the others would wait for it in a collective
         if p.poll() is None:
