@@ -110,6 +110,7 @@ class Check:
     lt: float | None = None
     choices: tuple | None = None
     min_items: int | None = None  # lists: at least this many elements
+    unique: bool = False  # lists: no element twice
     finite: bool = True  # floats must be finite
     example: Any = UNSET  # a valid value for the hint (default: the option's default)
     hash_default: bool = True  # False: at its default, the key is left out of the config hash
@@ -142,6 +143,10 @@ class Check:
             if self.min_items is not None and len(value) < self.min_items:
                 return (f"must hold at least {self.min_items} element{'s' if self.min_items != 1 else ''}"
                         f"{', each ' + self.describe() if self._constrains() else ''}")
+            if self.unique:
+                twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+                if twice is not None:
+                    return f"names {_flow(twice)} twice: each element may appear once"
             for i, v in enumerate(value):
                 why = self.problem(v)
                 if why:
@@ -174,19 +179,21 @@ class Check:
 
 def option(default: Any = _MISSING, *, default_factory: Any = _MISSING,
            ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None, choices=None, min_items: int | None = None,
+           lt: float | None = None, choices=None, min_items: int | None = None, unique: bool = False,
            finite: bool = True, example: Any = UNSET, hash_default: bool = True) -> Any:
     """A dataclass field with its allowed values: ``epochs: int = option(10, ge=1)``.
 
     ``ge``/``gt``/``le``/``lt``: bounds of a number (or of each element of a
-    list); ``choices``: the allowed values; ``min_items``: the shortest list;
+    list); ``choices``: the allowed values; ``min_items``: the shortest list; ``unique``: a list
+    holds no element twice;
     ``finite=False`` allows inf and nan; ``example``: a valid value shown in
     the error's hint (default: ``default``); ``hash_default=False``: leave the
     key out of the config hash while it holds its default (for options added
     after records exist).  A list or dict default is copied per instance.
     """
     check = Check(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None,
-                  min_items=min_items, finite=finite, example=example, hash_default=hash_default)
+                  min_items=min_items, unique=unique, finite=finite, example=example,
+                  hash_default=hash_default)
     meta = {CHECK_KEY: check}
     if default_factory is not _MISSING:
         return field(default_factory=default_factory, metadata=meta)
@@ -303,7 +310,7 @@ class TrainConfig:
     compile: bool = False
     progress: str = option("auto", choices=("auto", "plain", "none"))  # auto: rich bars on a terminal
     # experiment trackers that mirror the run's scalars (mtlbench.trackers); a runtime choice
-    loggers: list[str] = option(default_factory=list, choices=TRACKERS, example=["tensorboard"])
+    loggers: list[str] = option(default_factory=list, choices=TRACKERS, unique=True, example=["tensorboard"])
     # data-parallel runs (torchrun, --nproc): BatchNorm layers normalise with the statistics of the
     # global batch (mtlbench.distributed.SyncBatchNorm), so N processes compute what one does;
     # false: each process's shard alone (faster, a different computation); no effect in one process

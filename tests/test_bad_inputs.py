@@ -77,6 +77,7 @@ CASES = [
     Case("run-epochs-word", f"{RUN} --set train.epochs=three", ["train.epochs", "int"]),
     Case("run-epochs-float", f"{RUN} --set train.epochs=2.5", ["train.epochs", "int"]),
     Case("run-epochs-argparse", f"{RUN} --epochs abc", ["--epochs"]),
+    Case("run-loggers-twice", f"{RUN} --set train.loggers=[tensorboard,tensorboard]", ["train.loggers", "tensorboard twice"]),
     Case("run-batch-size-0-set", f"{RUN} --set train.batch_size=0", ["train.batch_size"]),
     Case("run-batch-size-0-flag", f"{RUN} --batch-size 0", ["train.batch_size", "--batch-size"]),
     Case("run-lr-neg", f"{RUN} --set train.lr=-1", ["train.lr", "> 0"]),
