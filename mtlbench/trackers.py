@@ -57,7 +57,10 @@ class _TensorBoard:
         except ImportError as exc:
             raise UserError("train.loggers names tensorboard, which is not installed",
                             hint="pip install tensorboard (or drop tensorboard from train.loggers)") from exc
-        self.w = SummaryWriter(log_dir=str(root / "tensorboard"), purge_step=start_step or None)
+        # purge_step: TensorBoard drops what earlier files of this directory hold from that step on,
+        # so a resumed run's steps after its checkpoint, or a whole run trained again (--force,
+        # step 0), are not shown twice
+        self.w = SummaryWriter(log_dir=str(root / "tensorboard"), purge_step=start_step)
         if not start_step:
             import yaml
 

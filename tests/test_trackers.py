@@ -135,3 +135,27 @@ def test_an_unknown_logger_is_refused_at_resolution(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "train.loggers" in err and "tensorboard" in err
+
+
+@pytest.mark.parametrize("start_step", [0, 3])
+def test_a_run_trained_again_replaces_its_tensorboard_curves(tmp_path, start_step):
+    """A run started again (--force: from step 0) or resumed (from its checkpoint's step) leaves
+    each step once in TensorBoard, with the values of the process that wrote it last."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mtlbench.trackers import _TensorBoard
+
+    first = _TensorBoard(tmp_path, {"seed": 0}, 0)
+    for step in range(6):
+        first.scalars(step, {"loss/depth": 1.0})
+    first.close()
+    second = _TensorBoard(tmp_path, {"seed": 0}, start_step)
+    for step in range(start_step, 6):
+        second.scalars(step, {"loss/depth": 2.0})
+    second.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss/depth")
+    assert [e.step for e in events] == list(range(6))
+    assert [e.value for e in events] == [1.0] * start_step + [2.0] * (6 - start_step)
