@@ -68,7 +68,12 @@ def _atomic_target(path: Path) -> Iterator[str]:
     reader ever sees a partial file, but the file is not forced to disk before it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        # mkstemp makes the file 0600; a record, a checkpoint or a report page is as readable as
+        # any file the user makes (the umask's mode), e.g. by a group sharing a results folder
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         if os.environ.get("MTLBENCH_FSYNC", "1") != "0":
@@ -85,6 +90,19 @@ def _atomic_target(path: Path) -> Iterator[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status) where possible."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

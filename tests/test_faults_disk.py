@@ -206,3 +206,21 @@ def test_a_real_tmpfs_out_of_inodes(tmp_path, capsys, uninterrupted, inodes):
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
         shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomically_written_files_get_the_umasks_mode(tmp_path, umask, mode):
+    """Records, logs and checkpoints are written through a temporary file, which mkstemp makes
+    0600; the file ends with the mode any file the user writes gets (a shared results folder)."""
+    import stat
+
+    import torch
+
+    old = os.umask(umask)
+    try:
+        records.atomic_write_json(tmp_path / "r.json", {"a": 1})
+        records.atomic_torch_save(tmp_path / "c.pt", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for name in ("r.json", "c.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
