@@ -195,6 +195,24 @@ def _m(miou, pacc, abs_err, rel_err):
     return {"semseg": {"miou": miou, "pacc": pacc}, "depth": {"abs_err": abs_err, "rel_err": rel_err}}
 
 
+def test_a_second_row_of_the_reference_runs_is_the_reference_too():
+    """The extended table's "EW, hard sharing" names the baseline's own runs under another key:
+    it is the reference (Δ +0.00, verdict reference, no MDE), not a row with no difference."""
+    import yaml
+
+    data = yaml.safe_load(spec.spec_path(2).read_text())
+    data["sections"][-1]["rows"].append({"key": "ew_hard", "label": "EW, hard sharing", "method": "baseline"})
+    data["sections"][-1]["rows"].append({"key": "ew_cs", "label": "EW, Cross-Stitch", "method": "cross_stitch"})
+    sp = spec.parse_spec(data)
+    setting = choose_setting(sp, preset="smoke", out="/nonexistent")
+    records = [_rec("baseline", s, _m(40.0 + s, 80.0, 0.5, 0.2)) for s in (0, 1, 2)] + \
+        [_rec("cross_stitch", s, _m(41.0 + 2 * s, 80.0, 0.5, 0.2)) for s in (0, 1, 2)]
+    bt = build_table(sp, setting, records=records)
+    ew, base, cs = (bt.cell(sp.row(k), "vit_tiny") for k in ("ew_hard", "baseline", "ew_cs"))
+    assert base.verdict == ew.verdict == "reference" and ew.delta.mean == 0.0 and ew.mde is None
+    assert cs.verdict not in (None, "reference") and cs.mde is not None
+
+
 def test_mean_std_and_paired_delta_hand_computed():
     spec = load_spec(2)
     setting = choose_setting(spec, preset="smoke", out="/nonexistent")

@@ -467,12 +467,13 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
     directions = table_directions(spec, setting, [j.records[0] for j in jobs if j.records])
 
     def cell_stats(row: Row, bb: str) -> Cell:
-        c = Cell(row, bb, is_reference=row.key == ref.key)
+        g = Job(row.method, row.overrides, bb, 0).group  # full options: defaults filled in
+        # a row of the very runs of the reference (another key for them) is the reference too
+        c = Cell(row, bb, is_reference=row.key == ref.key or g == Job(ref.method, ref.overrides, bb, 0).group)
         if bb in row.unsupported:
             c.unsupported = row.unsupported[bb]
             return c
         c.paper = spec.paper_values(row, bb)
-        g = Job(row.method, row.overrides, bb, 0).group  # full options: defaults filled in
         for s in seeds:
             j = by_key.get((*g, s))
             if j is not None and j.recorded:
