@@ -159,20 +159,23 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
             except Exception as exc:
                 # Ctrl-C or SIGTERM (Terminated) raised inside a write: torch's zip writer buries it
                 # under "unexpected pos"; raise it again, so the run unwinds as on any interruption
-                seen = exc
-                while seen is not None and not isinstance(seen, KeyboardInterrupt):
-                    seen = seen.__cause__ or seen.__context__
-                if seen is not None:
-                    raise seen from None
-                cause, seen = sink.error, exc  # else the OSError torch's own error arose from
-                while cause is None and seen is not None:
-                    cause = seen if isinstance(seen, OSError) else None
-                    seen = seen.__cause__ or seen.__context__
+                interrupt = _in_chain(exc, KeyboardInterrupt)
+                if interrupt is not None:
+                    raise interrupt from None
+                cause = sink.error or _in_chain(exc, OSError)  # else the OSError torch's error arose from
                 if cause is None:
                     raise
                 err = OSError(cause.errno, cause.strerror, str(path))
                 err.needed_bytes = _tensor_bytes(obj)  # a lower bound on the file's size
                 raise err from exc
+
+
+def _in_chain(exc: BaseException, kind: type) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s chain of causes and contexts, or None."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def _tensor_bytes(obj: Any) -> int:
