@@ -211,6 +211,10 @@ def run_processes(jobs: list[Job], argvs: dict[tuple, list[str]], k: int, out: P
                 log = out / "logs" / "sweep" / paths.rel.with_suffix(".log")
                 log.parent.mkdir(parents=True, exist_ok=True)
                 fh = open(log, "ab")
+                # every attempt appends to the run's log: a header tells them apart
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                fh.write(f"=== {stamp} sweep attempt: mtlbench {shlex.join(argvs[job.key])}\n".encode())
+                fh.flush()
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
                 proc = subprocess.Popen([sys.executable, "-m", "mtlbench", *argvs[job.key]], stdout=fh,
                                         stderr=subprocess.STDOUT, env=env)

@@ -669,7 +669,11 @@ class Training:
         label = f"{cfg.name('method')}/{cfg.name('backbone')}/{cfg.name('dataset')} seed {cfg.seed}"
         self.prog = Progress(mode, label=label, total_epochs=self.total_epochs, steps=self.steps_per_epoch)
         if resume is not None:
-            self.prog.message(f"resuming {label} after epoch {self.start_epoch} from {paths.last}")
+            text = f"resuming {label} after epoch {self.start_epoch} from {paths.last}"
+            if mode == "none" and self.main:  # said even with --quiet, as a missing checkpoint is: a log
+                print(f"mtlbench: {text}", file=sys.stderr, flush=True)  # must show which attempt did what
+            else:
+                self.prog.message(text)
 
     def wall_time(self) -> float:
         """Seconds of wall time, over every process of a resumed run."""

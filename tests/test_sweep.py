@@ -134,6 +134,29 @@ def test_run_processes_respects_dependencies(monkeypatch, tmp_path):
     assert all(Path(o.detail).parent.parent.parent.parent.name == "sweep" for o in res.outcomes)
 
 
+def test_each_attempt_of_a_run_starts_its_log_with_a_header(monkeypatch, tmp_path):
+    """A run's sweep log is appended to by every attempt (a session ends, the next sweep resumes):
+    each attempt begins with a dated header naming its command, so a line is told to its attempt."""
+    real_popen = subprocess.Popen
+    plan = _plan(DEPS, tmp_path)
+
+    def fake_popen(cmd, **kw):  # stands in for `mtlbench run`: prints one line into the log
+        return real_popen([sys.executable, "-c", "print('child output')"], **kw)
+
+    monkeypatch.setattr(sw.subprocess, "Popen", fake_popen)
+    for _ in range(2):
+        res = sw.run_sweep(plan, jobs=2, echo=lambda s: None)
+    logs = {Path(o.detail) for o in res.outcomes}
+    assert len(logs) == len(plan.jobs)
+    for log in logs:
+        lines = log.read_text().splitlines()
+        assert len(lines) == 4, lines
+        for header, child in (lines[0:2], lines[2:4]):
+            assert header.startswith("=== 20") and "sweep attempt: mtlbench run " in header, header
+            assert "--resume" in header and "--method" in header
+            assert child == "child output"
+
+
 #: stands in for `mtlbench run`: says it is ready, then trains "forever"; on SIGTERM it writes
 #: down that it stopped cleanly and exits 143, as mtlbench's handler does
 _CHILD = """
