@@ -4,17 +4,29 @@
 # interrupted ones from their checkpoints.  Run from the repository root, in the background:
 #   nohup bash docs/scripts/standard_study.sh > standard_study.log 2>&1 &
 # Commit the records as they land (results/runs/synthetic/vit_tiny/*/seed*.json and their logs).
-# Keep a seed's pairs on one kind of processor: records carry their machine (device.processor).
+# Keep a seed's pairs on one kind of processor: records carry their machine (device.processor), and
+# every committed Table 1 record of this study ran on an AMD EPYC.  On another kind of machine the
+# script stops (a Table 4 run there would pair with an AMD baseline: not a pair); STUDY_PROCESSOR=any
+# overrides that, for a separate study per kind (then retrain the baselines there too).
 set -u
 MTL="${MTLBENCH:-.venv/bin/mtlbench}"
 SEEDS="${SEEDS:-0 1 2 3 4}"
+STUDY_PROCESSOR="${STUDY_PROCESSOR:-AMD EPYC}"
 export OMP_NUM_THREADS=1
+here="$(.venv/bin/python -c 'from mtlbench.provenance import processor_model; print(processor_model())')"
+if [ "$STUDY_PROCESSOR" != any ] && [ "$here" != "$STUDY_PROCESSOR" ]; then
+  echo "standard_study.sh: this machine is '$here', the study's pairs run on '$STUDY_PROCESSOR': not started" >&2
+  echo "  (STUDY_PROCESSOR=any starts it anyway, for a separate study on this kind of processor)" >&2
+  exit 2
+fi
 # the encoder every standard run starts from; a rebuilt one on another machine may differ in its
 # bytes (docs/BENCHMARK_DESIGN.md): compare its sha256 with the records' encoder_init first
 nice -n 10 "$MTL" pretrain --recipe simmim_nyuv2_v2 || exit 1
-sweep() { for s in $SEEDS; do nice -n 10 "$MTL" sweep --table "$1" --preset standard --seeds "$s" --jobs 2 --quiet; done; }
-sweep 1
+# Table 1 seed by seed (a seed's rows finish together); the rest as one sweep over every seed, so
+# that two runs always train at once (seed by seed, a seed's odd last run would train alone)
+for s in $SEEDS; do nice -n 10 "$MTL" sweep --table 1 --preset standard --seeds "$s" --jobs 2 --quiet; done
+all="$(echo $SEEDS | tr ' ' ',')"
 # the noise floor on the current encoder: A/A pairs of the baseline (two more runs a seed); the
 # design study's pairs (sd 3.71) were made on an encoder rebuilt since (docs/BENCHMARK_DESIGN.md)
-for s in $SEEDS; do nice -n 10 "$MTL" noise --table 1 --preset standard --seeds "$s" --jobs 2 --quiet; done
-sweep 4
+nice -n 10 "$MTL" noise --table 1 --preset standard --seeds "$all" --jobs 2 --quiet
+nice -n 10 "$MTL" sweep --table 4 --preset standard --seeds "$all" --jobs 2 --quiet
