@@ -12,7 +12,8 @@ Files go to ``<out>/trackers/<dataset>/<backbone>/<method>/seed<S>-<hash>/``: Te
 event files under ``tensorboard/``; W&B's run directory under ``wandb/`` (offline with
 ``WANDB_MODE=offline``, which tests use; online it needs ``wandb login``). A resumed run
 appends to the same TensorBoard directory (``purge_step`` drops what the interrupted process
-wrote after its last checkpoint) and resumes the same W&B run id.
+wrote after its last checkpoint) and resumes the same W&B run id (kept in the checkpoint); a run
+trained again (``--force``) is a new W&B run (its id: ``<method>-seed<S>-<hash>-<random>``).
 """
 from __future__ import annotations
 

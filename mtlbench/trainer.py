@@ -552,6 +552,18 @@ def resume_state(paths: RunPaths, opts: TrainOptions) -> dict | None:
     return load_checkpoint(paths.last)
 
 
+def tracker_run_id(base: str, resume: dict | None) -> str:
+    """The run id a tracker (W&B) files this training under: a fresh start (also ``--force``) gets
+    ``base`` plus a new random suffix, so a run trained again is a new tracker run and not appended
+    to the old one; a resumed run keeps its checkpoint's id (``base`` for checkpoints written before
+    the id was kept)."""
+    if resume is not None:
+        return str(resume.get("tracker_run_id") or base)
+    import secrets
+
+    return f"{base}-{secrets.token_hex(3)}"
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :meth:`Training.checkpoint`; a UserError for anything else."""
     try:
@@ -661,8 +673,9 @@ class Training:
         self.steplog = StepLog(paths.steps_tmp, steps_size, finished=paths.steps) if self.main else _NoStepLog()
         from .trackers import Trackers
 
+        self.tracker_run_id = tracker_run_id(f"{cfg.name('method')}-seed{cfg.seed}-{cfg.hash}", resume)
         self.trackers = Trackers(tcfg.loggers if self.main else [], paths.out / "trackers" / paths.rel, cfg.data,
-                                 run_id=f"{cfg.name('method')}-seed{cfg.seed}-{cfg.hash}", name=str(paths.rel),
+                                 run_id=self.tracker_run_id, name=str(paths.rel),
                                  start_step=self.global_step, resume=resume is not None)
 
         mode = "none" if opts.quiet or not self.main else tcfg.progress
@@ -819,7 +832,8 @@ class Training:
             "epoch": epoch + 1, "model": self.method.state_dict(), **self.optim.state_dict(),
             "method_extra": self.method.extra_state(), "rng": _rng_state(), "history": {"epochs": self.epochs},
             "train_time": self.train_time, "wall_time": self.wall_time(),
-            "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data})
+            "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data,
+            "tracker_run_id": self.tracker_run_id})
         distributed.barrier()
 
     def _epoch_line(self, epoch: int, entry: dict) -> str:

@@ -159,3 +159,29 @@ def test_a_run_trained_again_replaces_its_tensorboard_curves(tmp_path, start_ste
     events = acc.Scalars("loss/depth")
     assert [e.step for e in events] == list(range(6))
     assert [e.value for e in events] == [1.0] * start_step + [2.0] * (6 - start_step)
+
+
+def test_a_run_trained_again_is_a_new_wandb_run_and_a_resumed_one_keeps_its_id(tmp_path, monkeypatch):
+    """--force trains a run again from scratch: W&B gets a new run id (the same id would append the
+    new curves to the old run's, or be refused online), while a resumed run goes on under its id."""
+    pytest.importorskip("wandb", reason="pip install wandb")
+    from mtlbench.trainer import tracker_run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "res"
+    rec, path = _run(out, "train.loggers=[wandb]")
+    argv = ["run", "--method", "uw", "--preset", "smoke", "--device", "cpu", "--quiet", *shrink_argv("vit_tiny"),
+            "--set", "train.epochs=2", "--out", str(out), "--set", "train.loggers=[wandb]", "--force"]
+    assert main(argv) == 0
+    root = out / "trackers" / "synthetic" / "vit_tiny" / "uw" / path.stem / "wandb"
+    runs = sorted(p.name for p in root.rglob("offline-run-*") if p.is_dir())
+    assert len(runs) == 2, runs
+    base = f"uw-seed0-{rec['config_hash']}"
+    ids = {name.split("-", 3)[3] for name in runs}  # offline-run-<date>_<time>-<id>
+    assert len(ids) == 2 and all(i.startswith(base + "-") for i in ids), ids
+    # the id a checkpoint keeps is the one its resumption uses; older checkpoints (no id) use the base
+    assert tracker_run_id(base, {"tracker_run_id": base + "-abc123"}) == base + "-abc123"
+    assert tracker_run_id(base, {}) == base
+    fresh = {tracker_run_id(base, None) for _ in range(20)}
+    assert len(fresh) == 20 and all(f.startswith(base + "-") and len(f) == len(base) + 7 for f in fresh)
