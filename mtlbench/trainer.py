@@ -833,7 +833,7 @@ class Training:
             "method_extra": self.method.extra_state(), "rng": _rng_state(), "history": {"epochs": self.epochs},
             "train_time": self.train_time, "wall_time": self.wall_time(),
             "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data,
-            "tracker_run_id": self.tracker_run_id})
+            "tracker_run_id": self.tracker_run_id, "total_epochs": self.total_epochs})
         distributed.barrier()
 
     def _epoch_line(self, epoch: int, entry: dict) -> str:

@@ -228,6 +228,7 @@ def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_
     state = torch.load(last, map_location="cpu", weights_only=False)  # whole: it loads
     assert state["epoch"] == 1  # epochs done: the first one's checkpoint
     assert state["tracker_run_id"].startswith("baseline-seed0-")  # what a resumption's trackers go on under
+    assert state["total_epochs"] >= 2  # what `mtlbench status` shows as "epoch 1/N"
     assert not (killed / "runs").exists() or not list((killed / "runs").rglob("*.json"))
 
     args = ["run", "--preset", "smoke", "--quiet", *[a for s in sets for a in ("--set", s)]]

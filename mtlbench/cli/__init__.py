@@ -21,7 +21,7 @@ from ..errors import UserError
 # subcommand -> module (``list`` lives in ``listing`` so it does not shadow the builtin)
 SUBCOMMANDS = {"run": "run", "list": "listing", "data": "data", "table": "table",
                "sweep": "sweep", "plot": "plot", "claims": "claims", "noise": "noise",
-               "pretrain": "pretrain", "report": "report"}
+               "pretrain": "pretrain", "report": "report", "status": "status"}
 
 
 class _Renamed(argparse.Action):
