@@ -200,7 +200,7 @@ def forest_plot(result, path: Path) -> Path:
     plt = pyplot()
     comps = result.comparisons
     n = max(len(comps), 1)
-    fig, ax = plt.subplots(figsize=(7.2, 0.5 * n + 1.55))
+    fig, ax = plt.subplots(figsize=(7.2, 0.5 * n + 1.9))
     xs: list[float] = [0.0]
     wide_drawn = False
     for i, comp in enumerate(comps):
@@ -234,7 +234,7 @@ def forest_plot(result, path: Path) -> Path:
     lo, hi = min(xs), max(xs)
     pad = 0.08 * (hi - lo if hi > lo else 1.0)
     ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_ylim(-0.7, n + 0.2)  # a band above the rows holds the legend, so it covers no mark
     ax.set_yticks(range(n))
     ax.set_yticklabels([f"vs {c.b.label}" + (f" ({c.backbone})" if len({x.backbone for x in comps}) > 1 else "")
                         for c in reversed(comps)], fontsize=9)
@@ -247,7 +247,8 @@ def forest_plot(result, path: Path) -> Path:
                Line2D([], [], marker="D", ls="", color="#d62728", ms=6, label="paper's effect")]
     if wide_drawn:
         handles.insert(1, Line2D([], [], color="#666666", ls=":", label="interval of the verdict (Holm)"))
-    ax.legend(handles=handles, fontsize=7.5, loc="best", framealpha=0.85)
+    ax.legend(handles=handles, fontsize=7.5, loc="upper center", ncol=len(handles), frameon=False,
+              handletextpad=0.4, columnspacing=1.0, borderaxespad=0.2)
     title = "\n".join(textwrap.wrap(result.claim.text, 70))
     ax.set_title(f"{title}\n{result.verdict}", fontsize=10, color=VERDICT_COLOURS.get(result.verdict, "black"))
     fig.tight_layout()
