@@ -206,6 +206,7 @@ def build(name: str, *, out: str | os.PathLike | None = "results", force: bool =
         total, warmup = per_epoch * tr["epochs"], per_epoch * tr["warmup_epochs"]
         g = torch.Generator().manual_seed(recipe["seed"] * 7919 + 17)
         step, losses, t0 = 0, [], time.perf_counter()
+        commit = source_commit()  # the code that builds it: now, not when the build ends
         model.train()
         for epoch in range(tr["epochs"]):
             order = torch.randperm(n, generator=g)
@@ -242,7 +243,7 @@ def build(name: str, *, out: str | os.PathLike | None = "results", force: bool =
                   "corpus_dir": data_dir.name,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "versions": {"mtlbench": __version__, "torch": torch.__version__},
-                  "git_commit": source_commit(),
+                  "git_commit": commit,
                   "device": {"processor": processor_model(), "cpu_capability": cpu_capability(),
                              "threads": recipe["threads"]}}
         atomic_write_json(tmp / RECORD_FILE, record)

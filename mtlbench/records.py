@@ -381,12 +381,18 @@ def report_epoch(epochs: list[dict], rule: str, reportable=lambda epoch: True) -
 
 def make_record(cfg, paths: RunPaths, *, epochs: list[dict], reportable, dataset_family: str,
                 tasks: dict, schedule: dict, params: dict, timing: dict, memory: dict, device: dict,
-                method_info: dict) -> dict:
+                method_info: dict, source_commits: list | None = None) -> dict:
     """A finished run's record (schema :data:`SCHEMA_VERSION`), as strict JSON.
 
     ``epochs``: every epoch's full row; the reported one is chosen by ``train.report``
     among those ``reportable(epoch)`` allows (:func:`report_epoch`).  The rest is what
     the trainer measured, under the names the schema gives it.
+
+    ``source_commits``: the mtlbench commit at the start of each process that trained the run
+    (:func:`~mtlbench.provenance.source_commit`; None for an attempt whose checkpoint predates
+    keeping it).  ``git_commit`` is the first known one, the code that began the run; a run
+    resumed under other code also gets ``git_commit_attempts``.  Without it (other callers) the
+    commit now.
     """
     import platform
 
@@ -398,6 +404,9 @@ def make_record(cfg, paths: RunPaths, *, epochs: list[dict], reportable, dataset
 
     chosen = report_epoch(epochs, cfg.train.report, reportable)
     metrics = chosen["metrics"]
+    commits = list(source_commits) if source_commits else [source_commit()]
+    known = [c for c in commits if c is not None]
+    extra = {"git_commit_attempts": commits} if len(set(commits)) > 1 else {}
     return strict_json({
         "schema": SCHEMA_VERSION,
         "id": paths.rel.as_posix(),
@@ -419,7 +428,8 @@ def make_record(cfg, paths: RunPaths, *, epochs: list[dict], reportable, dataset
         "device": device,
         "versions": {"mtlbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
-        "git_commit": source_commit(),
+        "git_commit": known[0] if known else None,
+        **extra,
         "checkpoint": paths.final.relative_to(paths.out).as_posix(),
         "method_info": method_info,
     })
@@ -461,7 +471,7 @@ class RecordProblem(UserError):
 _RECORD_KEYS: dict[str, tuple] = {
     **{k: (str,) for k in ("id", "created", "method", "backbone", "dataset", "dataset_family",
                            "config_hash", "checkpoint")},
-    "preset": (str, None), "git_commit": (str, None),
+    "preset": (str, None), "git_commit": (str, None), "git_commit_attempts": (list,),
     **{k: (dict,) for k in ("tasks", "extra_metrics", "report", "schedule", "history", "params", "timing",
                             "memory", "device", "versions", "method_info")},
 }

@@ -623,6 +623,12 @@ class Training:
         self.method, self.device, self.tcfg = method, device, tcfg
         self.world = distributed.world()
         self.main = self.world.is_main  # the process that writes, logs and evaluates
+        # the code this process trains with: its commit now, not when the record is written (an
+        # hour later the checkout may hold other commits); a resumed run keeps every attempt's
+        from .provenance import source_commit
+
+        before = list(resume.get("source_commits") or [None]) if resume is not None else []
+        self.source_commits = [*before, source_commit() if self.main else None]
         check_data_parallel(cfg, len(s.train_set))
         self.generator = torch.Generator()
         self.loader_kw = dict(batch_size=tcfg.batch_size, num_workers=cfg.dataset.num_workers,
@@ -833,7 +839,8 @@ class Training:
             "method_extra": self.method.extra_state(), "rng": _rng_state(), "history": {"epochs": self.epochs},
             "train_time": self.train_time, "wall_time": self.wall_time(),
             "images_seen": self.images_seen, "steps_size": size, "config": self.cfg.data,
-            "tracker_run_id": self.tracker_run_id, "total_epochs": self.total_epochs})
+            "tracker_run_id": self.tracker_run_id, "total_epochs": self.total_epochs,
+            "source_commits": self.source_commits})
         distributed.barrier()
 
     def _epoch_line(self, epoch: int, entry: dict) -> str:
@@ -895,7 +902,8 @@ class Training:
                     "threads": torch.get_num_threads(), "compile": bool(cfg.train.compile),
                     # what decides the floating-point reduction order on a CPU (tables check pairs on it)
                     "processor": processor_model(), "cpu_capability": cpu_capability()},
-            method_info={**method.architecture_info(), **method.summary_info()})
+            method_info={**method.architecture_info(), **method.summary_info()},
+            source_commits=self.source_commits)
         # where the backbone's starting weights came from (a pretraining artefact's identity), if not scratch
         init = s.factory.provenance() if s.factory is not None else {}
         if init:

@@ -205,7 +205,7 @@ TERM_IN_SAVE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_path, capsys):
+def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_path, capsys, monkeypatch):
     """Killed while last.pt is half-written: exit 143 with no traceback, no temporary file, the
     previous checkpoint intact; --resume ends with the uninterrupted run's metrics and step log."""
     from conftest import shrink_sets
@@ -229,11 +229,17 @@ def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_
     assert state["epoch"] == 1  # epochs done: the first one's checkpoint
     assert state["tracker_run_id"].startswith("baseline-seed0-")  # what a resumption's trackers go on under
     assert state["total_epochs"] >= 2  # what `mtlbench status` shows as "epoch 1/N"
+    from mtlbench import provenance
+
+    first = provenance.source_commit()  # the commit of the code the killed process trained with
+    assert state["source_commits"] == [first]
     assert not (killed / "runs").exists() or not list((killed / "runs").rglob("*.json"))
 
     args = ["run", "--preset", "smoke", "--quiet", *[a for s in sets for a in ("--set", s)]]
     capsys.readouterr()
+    monkeypatch.setattr(provenance, "source_commit", lambda *a, **k: "resumed-under-other-code")
     assert main([*args, "--out", str(killed), "--resume"]) == 0
+    monkeypatch.undo()
     # said even with --quiet: a sweep's log (appended to by every attempt) shows which attempt resumed
     err = capsys.readouterr().err
     assert "resuming" in err and "after epoch 1" in err and str(last) in err, err
@@ -243,6 +249,33 @@ def test_sigterm_during_a_checkpoint_write_resumes_to_the_uninterrupted_run(tmp_
     assert a["metrics"] == b["metrics"]
     assert _rows(a, "steps_file") == _rows(b, "steps_file")
     assert not list(killed.rglob("*.tmp"))
+    # provenance: the code that began the run, and every attempt's when they differ
+    assert a["git_commit"] == first
+    assert a["git_commit_attempts"] == [first, "resumed-under-other-code"]
+    assert b["git_commit"] == first and "git_commit_attempts" not in b
+
+
+def test_the_record_names_the_commit_the_run_started_with(tmp_path, monkeypatch):
+    """A long run outlives commits to its checkout: its record names the code it trained with (the
+    commit when it started), not the one checked out when the record is written."""
+    from mtlbench import provenance
+    from mtlbench.trainer import Training
+
+    now = {"commit": "commit-at-start"}
+    monkeypatch.setattr(provenance, "source_commit", lambda *a, **k: now["commit"])
+    real = Training.checkpoint
+
+    def checkpoint(self, epoch):  # after the first epoch the checkout moves on
+        real(self, epoch)
+        now["commit"] = "commit-checked-out-later"
+
+    monkeypatch.setattr(Training, "checkpoint", checkpoint)
+    out = tmp_path / "res"
+    assert main([*RUN, "--out", str(out), "--set", "train.epochs=2"]) == 0
+    (path,) = [p for p in (out / "runs").rglob("*.json")]
+    rec = json.loads(path.read_text())
+    assert now["commit"] == "commit-checked-out-later"  # the checkout did move during the run
+    assert rec["git_commit"] == "commit-at-start" and "git_commit_attempts" not in rec
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
