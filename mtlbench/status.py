@@ -3,8 +3,9 @@
 ``mtlbench status`` reads, never writes and never locks: a run is *training* when the kernel
 lists an ``flock`` on its lock file (``/proc/locks`` on Linux, matched by device and inode: taking
 the lock even for a moment to test it could make a starting run fail with "being trained by
-another process"); without ``/proc/locks`` (or for a lock held on another NFS host) it falls back
-on the lock file's pid when the host is this one.  A run is *interrupted* when its checkpoint
+another process"), or else when the lock file's pid is alive and the file names this host (where
+``/proc/locks`` is missing or does not list every process's locks); a lock file naming another host
+is reported as such, since this kernel cannot see that host's locks.  A run is *interrupted* when its checkpoint
 ``last.pt`` exists and nobody holds its lock: ``--resume`` (or the next sweep) continues it.
 The epoch a checkpoint reached is read from the checkpoint itself (memory-mapped, so a 100 MB
 checkpoint costs a fraction of a second).
@@ -81,7 +82,9 @@ def held_locks(proc_locks: str | Path = "/proc/locks") -> set[tuple[int, int, in
 
 def _lock_state(lock: Path, locks: set | None, holder: dict) -> str:
     """``held``, ``free`` (a stale file: its holder was killed before it could remove it) or
-    ``elsewhere`` (the file names another host, whose locks this kernel does not list)."""
+    ``elsewhere`` (the file names another host, whose locks this kernel does not list).  Held: the
+    kernel lists the flock, or the file's pid is alive on this host (the fallback where
+    ``/proc/locks`` is missing or, as in some sandboxes, does not list every process's locks)."""
     try:
         st = os.stat(lock)
     except OSError:
@@ -90,14 +93,14 @@ def _lock_state(lock: Path, locks: set | None, holder: dict) -> str:
         return "held"
     if holder.get("host") not in (None, socket.gethostname()):
         return "elsewhere"
-    if locks is not None or not isinstance(holder.get("pid"), int):
+    if not isinstance(holder.get("pid"), int) or holder["pid"] <= 0:
         return "free"
-    try:  # no kernel list: the holder's pid, on this host
+    try:
         os.kill(holder["pid"], 0)
         return "held"
     except ProcessLookupError:
         return "free"
-    except PermissionError:
+    except PermissionError:  # alive, another user's
         return "held"
 
 

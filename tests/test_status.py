@@ -107,6 +107,10 @@ def test_without_the_kernels_list_the_lock_files_pid_decides_on_this_host(tmp_pa
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
     (run,), _ = st.scan(out, proc_locks=nolist)
     assert run.state == "training"
+    empty = tmp_path / "empty-locks"  # a sandbox whose /proc/locks does not list other processes' locks
+    empty.write_text("")
+    (run,), _ = st.scan(out, proc_locks=empty)
+    assert run.state == "training"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     lock.write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
