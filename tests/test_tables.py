@@ -240,6 +240,15 @@ def test_mean_std_and_paired_delta_hand_computed():
     d1 = 100 * ((3 / 44 + 4 / 80) / 2 + (0.3 / 0.7 + 0.03 / 0.2) / 2) / 2
     assert okd.delta.values == pytest.approx({0: d0, 1: d1})
     assert okd.delta.mean == pytest.approx(14.021916, abs=1e-5)  # the seed-mean Δ would be 14.88
+    # each task's own paired Δ (which task the row's Δ comes from): the inner means above
+    assert okd.task_delta["semseg"].values == pytest.approx({0: 8.75, 1: 100 * (3 / 44 + 4 / 80) / 2})
+    assert okd.task_delta["depth"].values == pytest.approx({0: 12.5, 1: 100 * (0.3 / 0.7 + 0.03 / 0.2) / 2})
+    frame = bt.frame().set_index("row")
+    assert frame.loc["okd", "delta:semseg"] == pytest.approx((8.75 + 100 * (3 / 44 + 4 / 80) / 2) / 2)
+    assert frame.loc["okd", "delta:depth:lo"] < frame.loc["okd", "delta:depth"] < frame.loc["okd", "delta:depth:hi"]
+    # Eq. 4 is the mean over tasks, so the row's Δ is the mean of its tasks' Δ
+    assert frame.loc["okd", "delta"] == pytest.approx(
+        (frame.loc["okd", "delta:semseg"] + frame.loc["okd", "delta:depth"]) / 2)
     sd = abs(d1 - d0) / math.sqrt(2)
     assert okd.delta.half_width == pytest.approx(T975[1] * sd / math.sqrt(2))
     assert okd.verdict == "too few seeds"

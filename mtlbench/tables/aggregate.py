@@ -55,6 +55,9 @@ class Cell:
     mean: dict[str, dict[str, float]] = field(default_factory=dict)
     std: dict[str, dict[str, float]] = field(default_factory=dict)
     delta: PairedSummary | None = None  # paired Δ against the reference row
+    # task -> the paired Δ of that task alone (Eq. 4's inner mean over the task's metrics): which
+    # task a row's Δ comes from
+    task_delta: dict[str, PairedSummary] = field(default_factory=dict)
     is_reference: bool = False
     paper: dict[str, float | None] | None = None
     paper_delta: float | None = None  # the paper's Δ against the reference in use
@@ -200,6 +203,22 @@ def paired_cells(a: Cell, b: Cell, directions: dict) -> tuple[dict[int, float], 
     return values, {**errors, **skip}
 
 
+def paired_task_cells(a: Cell, b: Cell, directions: dict) -> dict[str, dict[int, float]]:
+    """``{task: {seed: that task's Δ of a against b}}`` over the seeds :func:`paired_cells` pairs."""
+    from ..delta import per_task_delta
+
+    skip = encoder_mismatch(a, b) if a is not b else {}
+    out: dict[str, dict[int, float]] = {}
+    for s in sorted((set(a.per_seed) & set(b.per_seed)) - set(skip)):
+        try:
+            per_task = per_task_delta(a.per_seed[s], b.per_seed[s], directions)
+        except ValueError:  # the whole Δ is undefined for this seed too (paired_cells says why)
+            continue
+        for task, v in per_task.items():
+            out.setdefault(task, {})[s] = v
+    return out
+
+
 def footing_text(mixed: dict[int, list[str]]) -> str:
     return ("runs on unequal footing (" + "; ".join(f"seed {s}: {', '.join(d)}" for s, d in mixed.items())
             + "): the floating-point results differ by machine and precision alone")
@@ -323,6 +342,11 @@ class BuiltTable:
                     for s in self.seeds:
                         line[f"delta_seed{s}"] = None if d is None else d.values.get(s)
                     line["delta:paper"] = c.paper_delta
+                    for task in self.tasks:  # which task the row's Δ comes from
+                        td = c.task_delta.get(task)
+                        line[f"delta:{task}"] = None if td is None else td.mean
+                        line[f"delta:{task}:lo"] = None if td is None else td.lo
+                        line[f"delta:{task}:hi"] = None if td is None else td.hi
                     line["mde"] = c.mde
                     line["mde_basis"] = c.mde_basis
                     fl = self.noise.get(bb)
@@ -500,6 +524,7 @@ def build_table(spec: TableSpec, setting: Setting, *, seeds: Sequence[int] | Non
         if c.per_seed and rc is not None and rc.per_seed:
             values, errors = paired_cells(c, rc, directions)
             c.delta = summarize(values)
+            c.task_delta = {t: summarize(v) for t, v in paired_task_cells(c, rc, directions).items()}
             footing = mixed_footing(c, rc) if c is not rc else {}
             if footing:
                 unequal.append(c.row.label + (f" ({bb})" if multi else "") + ": " + footing_text(footing))
