@@ -549,12 +549,53 @@ def move_aside(path: Path, why: str = "corrupt") -> Path:
     return target
 
 
-def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
-    """The ordered commands of the runs still to do, as a shell script."""
+def estimates(plan: SweepPlan) -> dict[tuple, tuple[float, int, bool]]:
+    """``{job key: (seconds, n, same_row)}`` for each run still to do: the median wall time
+    (``timing.wall_s``, wherever they ran) of the ``n`` recorded runs of its row in the plan
+    (``same_row``), else of the plan's recorded runs of its method on its backbone with other
+    options.  A run with neither has no estimate."""
+    import statistics
+
+    by_row: dict[tuple, list[float]] = {}
+    by_method: dict[tuple, list[float]] = {}
+    for job in plan.jobs:
+        if job.recorded and job.records:
+            w = (job.records[0].get("timing") or {}).get("wall_s")
+            if isinstance(w, (int, float)) and w > 0:
+                by_row.setdefault(job.group, []).append(float(w))
+                by_method.setdefault((job.method, job.backbone), []).append(float(w))
+    out: dict[tuple, tuple[float, int, bool]] = {}
+    for job in plan.todo:
+        if job.group in by_row:
+            out[job.key] = (statistics.median(by_row[job.group]), len(by_row[job.group]), True)
+        elif (job.method, job.backbone) in by_method:
+            w = by_method[(job.method, job.backbone)]
+            out[job.key] = (statistics.median(w), len(w), False)
+    return out
+
+
+def _hours(s: float) -> str:
+    return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def dry_run_text(plan: SweepPlan, *, device: str | None = None, jobs: int = 1) -> str:
+    """The ordered commands of the runs still to do, as a shell script, each with the time its
+    row's recorded runs took (:func:`estimates`) and the total."""
     todo = plan.todo
     pos = {j.key: i for i, j in enumerate(todo, 1)}
     mine, others = plan.corrupt_records()
+    est = estimates(plan)
     lines = [f"# {plan.header()}"]
+    if todo:
+        total = sum(t for t, _, _ in est.values())
+        unknown = len(todo) - len(est)
+        line = (f"# estimated: {_hours(total)} of run time for {len(est)} of the {len(todo)} runs (the median "
+                f"wall time of the recorded runs of each one's row, or of its method)")
+        if jobs > 1:
+            line += f"; about {_hours(total / jobs)} of wall time when {jobs} train at once"
+        if unknown:
+            line += f"; {unknown} without an estimate (no recorded run of their method)"
+        lines.append(line)
     for key, bad in mine.items():
         lines.append(f"# unreadable record {bad.describe()}: a sweep moves it aside to "
                      f"{bad.path.name}.corrupt-<time> and runs it again")
@@ -567,7 +608,10 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None) -> str:
                      f"a sweep stops before training unless given --retrain-lost")
     for i, job in enumerate(todo, 1):
         after = [str(pos[d]) for d in job.deps if d in pos]
-        lines.append(f"# {i}. {job.describe()}" + (f" (after {', '.join(after)})" if after else ""))
+        t = est.get(job.key)
+        lines.append(f"# {i}. {job.describe()}" + (f" (after {', '.join(after)})" if after else "")
+                     + (f"; about {_hours(t[0])} (median of {t[1]} recorded runs of "
+                        f"{'this row' if t[2] else 'its method with other options'})" if t else ""))
         lines.append("mtlbench " + " ".join(shlex.quote(a) for a in job_argv(job, device=device)))
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """Sweeps: the plan's order, dry runs, the local executors and (marker ray) the Ray executor."""
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import subprocess
@@ -249,6 +250,34 @@ def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trai
     assert "to run" in lines[0] and "moved aside to" in lines[1]  # the header first, then what was replaced
     for log in (logs.steps, logs.epochs):
         assert not log.exists() and len(list(log.parent.glob(log.name + ".replaced-*"))) == 1
+
+
+def test_a_dry_run_estimates_each_run_from_its_rows_recorded_runs(tmp_path):
+    """Each run to do gets the median wall time of its row's recorded runs (other seeds), else of
+    its method's runs with other options; the total, and the wall time at --jobs K."""
+    plan = _plan(DEPS, tmp_path, seeds=(0, 1, 2))
+    by = {(j.method, j.seed, bool(j.overrides)): j for j in plan.jobs}
+    # recorded: baseline seeds 0 and 1 (100 s, 300 s), kd_mtl seed 0 (1000 s); okd with its
+    # pretrained-teacher option has none, but the plan has no other okd row either
+    for (m, seed, w) in (("baseline", 0, 100.0), ("baseline", 1, 300.0), ("kd_mtl", 0, 1000.0)):
+        by[(m, seed, False)].records = [{"timing": {"wall_s": w}}]
+    est = sw.estimates(plan)
+    assert est[by[("baseline", 2, False)].key] == (200.0, 2, True)  # median of 100 and 300
+    assert est[by[("kd_mtl", 1, False)].key] == (1000.0, 1, True)
+    assert by[("okd", 0, True)].key not in est
+    # another okd row, recorded, gives the pretrained-teacher row a method-level estimate
+    other = copy.copy(by[("okd", 0, True)])
+    other.overrides, other.records = {}, [{"timing": {"wall_s": 600.0}}]
+    plan.jobs.append(other)
+    assert sw.estimates(plan)[by[("okd", 1, True)].key] == (600.0, 1, False)
+    text = sw.dry_run_text(plan, jobs=2)
+    todo = len(plan.todo)  # baseline 2, kd_mtl 1-2, stl 0-2, okd 0-2
+    total = 200 + 2 * 1000 + 3 * 600
+    assert f"# estimated: {total / 60:.0f} min of run time for {todo - 3} of the {todo} runs" in text, text
+    assert f"about {total / 120:.0f} min of wall time when 2 train at once" in text
+    assert "3 without an estimate" in text  # the stl runs: no recorded stl run
+    assert "about 3 min (median of 2 recorded runs of this row)" in text
+    assert "about 10 min (median of 1 recorded runs of its method with other options)" in text
 
 
 def test_unreadable_records_are_moved_aside_and_run_again(monkeypatch, tmp_path, capsys):

@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
                              out=args.out)
     plan = plan_sweep(spec, setting, seeds, args.delta_ref)
     if args.dry_run:
-        print(dry_run_text(plan, device=args.device), end="")
+        print(dry_run_text(plan, device=args.device, jobs=args.jobs or 1), end="")
         return 0
     res = run_sweep(plan, executor=args.executor, jobs=args.jobs, address=args.address, device=args.device,
                     cpus=args.cpus_per_run, gpus=args.gpus_per_run, quiet=args.quiet,
