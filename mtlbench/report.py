@@ -632,7 +632,7 @@ class _Writer:
     def write_table(self, tid: str, bt, claims: list) -> None:
         from .tables.render import render_html
 
-        body = [f"<h1>{esc(bt.spec.title)}</h1>", render_html(bt)]
+        body = [f"<h1>{esc(bt.spec.title)}</h1>", render_html(bt), self.task_delta_html(bt)]
         if claims:
             links = ", ".join(f'<a href="index.html#claim-{esc(_file_id(r.claim.id))}">{esc(r.claim.text)}</a> '
                               f"({esc(r.verdict)})" for r in claims)
@@ -641,6 +641,41 @@ class _Writer:
         body.append(self.curves_html(tid, bt, seed))
         body.append(self.gallery_html(tid, bt, seed))
         self.write_page(self.table_page(tid), bt.spec.title, "\n".join(body))
+
+    @staticmethod
+    def task_delta_html(bt) -> str:
+        """Each row's paired Δ task by task (mean and 95% interval): which task its Δ comes from."""
+        if not bt.spec.delta:
+            return ""
+        tasks = list(bt.tasks)
+        multi = len(bt.spec.backbones) > 1
+        head = "".join(f"<th>Δ {esc(t)}</th>" for t in tasks)
+        rows = []
+        for sec in bt.spec.sections:
+            for row in sec.rows:
+                for bb in bt.spec.backbones:
+                    c = bt.cell(row, bb)
+                    if c.is_reference or not c.task_delta:
+                        continue
+                    cells = []
+                    for t in tasks:
+                        d = c.task_delta.get(t)
+                        if d is None or d.mean is None:
+                            cells.append("<td>–</td>")
+                            continue
+                        iv = f" [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
+                        cls = (' class="v-better"' if d.lo is not None and d.lo > 0 else
+                               ' class="v-worse"' if d.hi is not None and d.hi < 0 else "")
+                        cells.append(f"<td{cls}>{d.mean:+.2f}{iv}</td>")
+                    label = esc(row.label) + (f" ({esc(bb)})" if multi else "")
+                    rows.append(f"<tr><td>{label}</td><td>{c.delta.n}</td>{''.join(cells)}</tr>")
+        if not rows:
+            return ""
+        ref = esc(bt.reference.label)
+        return ("<h2>Δ task by task</h2><p class=\"info\">Each task's own paired Δ against "
+                f"{ref} (Eq. 4's inner mean over the task's metrics; the row's Δ is their mean): mean "
+                "[95% interval] over the paired seeds; green: the interval lies above 0, red: below.</p>"
+                f"<table><tr><th>row</th><th>paired seeds</th>{head}</tr>{''.join(rows)}</table>")
 
     def curves_html(self, tid: str, bt, seed: int) -> str:
         from .gallery import safe_name

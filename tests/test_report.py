@@ -227,6 +227,17 @@ def test_table_page_holds_what_mtlbench_table_prints(study, capsys):
     for line in md.splitlines():
         if line.startswith(("Input-blind reference:", "†k:", "Noise floor", "- ")):
             assert line.removeprefix("- ").replace("`", "") in page.replace("`", "")
+    # each row's Δ task by task, as `mtlbench table --format csv` carries it
+    assert cli_main(["table", "--table", "1", "--preset", "smoke", "--seeds", "0-2", "--out", str(out),
+                     "--format", "csv"]) == 0
+    import csv
+    import io
+
+    frame = {r["row"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    dwa = frame["dwa"]
+    shown = "".join(f"{float(dwa[f'delta:{t}']):+.2f} [{float(dwa[f'delta:{t}:lo']):+.2f}, "
+                    f"{float(dwa[f'delta:{t}:hi']):+.2f}]" for t in ("semseg", "depth", "normal"))
+    assert "Δ task by task" in page and f"DWA3{shown}" in page.replace("\n", ""), page[page.find("Δ task"):][:600]
 
 
 def test_index_holds_what_mtlbench_claims_prints_and_the_provenance(study, capsys):
