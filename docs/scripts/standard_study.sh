@@ -5,15 +5,17 @@
 #   nohup bash docs/scripts/standard_study.sh > standard_study.log 2>&1 &
 # Commit the records as they land (results/runs/synthetic/vit_tiny/*/seed*.json and their logs).
 # Keep a seed's pairs on one kind of processor: records carry their machine (device.processor), and
-# every committed Table 1 record of this study ran on an AMD EPYC.  On another kind of machine the
-# script stops (a Table 4 run there would pair with an AMD baseline: not a pair); STUDY_PROCESSOR=any
-# overrides that, for a separate study per kind (then retrain the baselines there too).
+# every committed Table 1 record of this study ran on an AMD EPYC whose torch kernels are AVX512
+# (device.cpu_capability; the 2026-12-03 machine was an AMD EPYC with AVX2).  On another kind of
+# machine the script stops (a Table 4 run there would pair with a baseline of another kind: not a
+# pair); STUDY_PROCESSOR=any overrides that, for a separate study per kind (then retrain the
+# baselines there too).
 set -u
 MTL="${MTLBENCH:-.venv/bin/mtlbench}"
 SEEDS="${SEEDS:-0 1 2 3 4}"
-STUDY_PROCESSOR="${STUDY_PROCESSOR:-AMD EPYC}"
+STUDY_PROCESSOR="${STUDY_PROCESSOR:-AMD EPYC/AVX512}"
 export OMP_NUM_THREADS=1
-here="$(.venv/bin/python -c 'from mtlbench.provenance import processor_model; print(processor_model())')"
+here="$(.venv/bin/python -c 'from mtlbench.provenance import cpu_capability, processor_model; print(processor_model() + "/" + cpu_capability())')"
 if [ "$STUDY_PROCESSOR" != any ] && [ "$here" != "$STUDY_PROCESSOR" ]; then
   echo "standard_study.sh: this machine is '$here', the study's pairs run on '$STUDY_PROCESSOR': not started" >&2
   echo "  (STUDY_PROCESSOR=any starts it anyway, for a separate study on this kind of processor)" >&2
@@ -28,5 +30,13 @@ for s in $SEEDS; do nice -n 10 "$MTL" sweep --table 1 --preset standard --seeds 
 all="$(echo $SEEDS | tr ' ' ',')"
 # the noise floor on the current encoder: A/A pairs of the baseline (two more runs a seed); the
 # design study's pairs (sd 3.71) were made on an encoder rebuilt since (docs/BENCHMARK_DESIGN.md)
+# beside it (a third process while it lasts): the code changed during the study (its records name
+# more than ten commits), so train the study's first record (baseline seed 0, 17acf64) again with
+# today's code in results/recheck and check that every metric and every step-log row came out the same
+nice -n 10 "$MTL" run --method baseline --preset standard --seed 0 --out results/recheck --quiet --resume &
+recheck=$!
 nice -n 10 "$MTL" noise --table 1 --preset standard --seeds "$all" --jobs 2 --quiet
+wait "$recheck"
+.venv/bin/python docs/scripts/compare_records.py results/runs/synthetic/vit_tiny/baseline/seed0-b1ba217b19.json \
+  results/recheck/runs/synthetic/vit_tiny/baseline/seed0-b1ba217b19.json
 nice -n 10 "$MTL" sweep --table 4 --preset standard --seeds "$all" --jobs 2 --quiet
