@@ -104,6 +104,29 @@ def _lock_state(lock: Path, locks: set | None, holder: dict) -> str:
         return "held"
 
 
+def _read_holder(lock: Path) -> dict:
+    """The lock file's ``pid``, ``host`` and ``started`` (what RunLock writes, a few dozen bytes);
+    read at most 4 KiB, each text value cut to 100 characters: a foreign file cannot flood the report."""
+    try:
+        with open(lock, "rb") as fh:
+            raw = fh.read(4096)
+        data = json.loads(raw.decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict = {}
+    for k in ("pid", "host", "started"):
+        v = data.get(k)
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            out[k] = v
+        elif isinstance(v, str):
+            out[k] = v[:100]
+    return out
+
+
 def _checkpoint_progress(last: Path) -> tuple[int | None, int | None, str, float | None]:
     import torch
 
@@ -133,11 +156,7 @@ def scan(out: str | Path, proc_locks: str | Path = "/proc/locks") -> tuple[list[
     if ckroot.is_dir():
         for lock in ckroot.rglob("*.lock"):
             rel = lock.relative_to(ckroot).with_suffix("").as_posix()
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            holder = holder if isinstance(holder, dict) else {}
+            holder = _read_holder(lock)
             state = _lock_state(lock, locks, holder)
             if state == "held":
                 found[rel] = InFlight(rel, "training", holder=holder)

@@ -132,3 +132,20 @@ def test_an_unreadable_checkpoint_is_named_and_a_missing_out_is_a_clear_error(tm
     assert main(["status", "--out", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "no such directory" in err and "Traceback" not in err
+
+
+def test_a_foreign_lock_file_cannot_flood_the_report(tmp_path, capsys):
+    out = tmp_path / "res"
+    ck = _checkpoint(out)
+    lock = ck.with_name(ck.name + ".lock")
+    lock.write_text(json.dumps({"pid": 1, "host": "h" * 3000, "started": ["not", "text"]}))
+    assert main(["status", "--out", str(out)]) == 0
+    text = capsys.readouterr().out  # another host (by its file), its name cut to 100 characters
+    assert len(text) < 1000 and "h" * 100 in text and "h" * 101 not in text and "another host" in text, text
+    lock.write_text(json.dumps({"pid": 1, "host": "h" * 100_000}))  # longer than the 4 KiB read: ignored
+    assert main(["status", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert len(text) < 1000 and "1 interrupted" in text, text
+    lock.write_bytes(b"\xff\xfe" + b"{" * 10_000_000)  # not JSON, 10 MB: read 4 KiB of it, then ignored
+    assert main(["status", "--out", str(out)]) == 0
+    assert "1 interrupted" in capsys.readouterr().out
