@@ -559,11 +559,10 @@ def estimates(plan: SweepPlan) -> dict[tuple, tuple[float, int, bool]]:
     by_row: dict[tuple, list[float]] = {}
     by_method: dict[tuple, list[float]] = {}
     for job in plan.jobs:
-        if job.recorded and job.records:
-            w = (job.records[0].get("timing") or {}).get("wall_s")
-            if isinstance(w, (int, float)) and w > 0:
-                by_row.setdefault(job.group, []).append(float(w))
-                by_method.setdefault((job.method, job.backbone), []).append(float(w))
+        w = _wall(job) if job.recorded else None
+        if w is not None:
+            by_row.setdefault(job.group, []).append(w)
+            by_method.setdefault((job.method, job.backbone), []).append(w)
     out: dict[tuple, tuple[float, int, bool]] = {}
     for job in plan.todo:
         if job.group in by_row:
@@ -572,6 +571,12 @@ def estimates(plan: SweepPlan) -> dict[tuple, tuple[float, int, bool]]:
             w = by_method[(job.method, job.backbone)]
             out[job.key] = (statistics.median(w), len(w), False)
     return out
+
+
+def _wall(job: Job) -> float | None:
+    """The recorded wall time of a recorded run (its first record), or None."""
+    w = (job.records[0].get("timing") or {}).get("wall_s") if job.records else None
+    return float(w) if isinstance(w, (int, float)) and w > 0 else None
 
 
 def _hours(s: float) -> str:
@@ -595,6 +600,17 @@ def dry_run_text(plan: SweepPlan, *, device: str | None = None, jobs: int = 1) -
             line += f"; about {_hours(total / jobs)} of wall time when {jobs} train at once"
         if unknown:
             line += f"; {unknown} without an estimate (no recorded run of their method)"
+        lines.append(line)
+    lost = plan.lost_checkpoints()
+    if lost:
+        # --retrain-lost trains these again first: their own recorded wall time is the estimate
+        again = [w for dep, _, _ in lost for w in [_wall(dep)] if w is not None]
+        line = (f"# with --retrain-lost, {len(lost)} recorded run{'s' if len(lost) > 1 else ''} whose "
+                f"checkpoint{'s are' if len(lost) > 1 else ' is'} missing train again first: about "
+                f"{_hours(sum(again))} more run time ({len(again)} of {len(lost)} from their own records)")
+        if jobs > 1 and todo:
+            line += (f"; about {_hours((sum(t for t, _, _ in est.values()) + sum(again)) / jobs)} of wall "
+                     f"time in all when {jobs} train at once")
         lines.append(line)
     for key, bad in mine.items():
         lines.append(f"# unreadable record {bad.describe()}: a sweep moves it aside to "

@@ -220,6 +220,13 @@ def test_a_recorded_dependency_without_its_checkpoint_stops_the_sweep_or_is_trai
     stl_record = Path(dep.records[0]["_path"])
     assert ckpt == tmp_path / dep.records[0]["checkpoint"] and not ckpt.exists()
     assert "its checkpoint" in sw.dry_run_text(plan) and "--retrain-lost" in sw.dry_run_text(plan)
+    # the dry run's estimate counts the retraining: the lost run's own recorded wall time
+    dep.records[0].setdefault("timing", {})["wall_s"] = 5400.0
+    text = sw.dry_run_text(plan, jobs=2)
+    assert ("# with --retrain-lost, 1 recorded run whose checkpoint is missing train again first: about "
+            "1.5 h more run time (1 of 1 from their own records)") in text, text
+    todo_s = sum(t for t, _, _ in sw.estimates(plan).values())
+    assert todo_s > 0 and f"about {sw._hours((todo_s + 5400) / 2)} of wall time in all when 2 train at once" in text
     ran = []
     monkeypatch.setattr(sw, "execute", lambda cfg, out, quiet=False: ran.append(cfg.name("method")) or
                         {"status": "done", "record": "x"})
